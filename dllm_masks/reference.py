@@ -1,0 +1,161 @@
+"""The pure-PyTorch reference of ``dllm_masks::priority_mask``: the oracle and the fallback.
+
+Vectorized over tokens and segments (no Python loop over sequences or tokens), on any device.
+It takes the op's normalized arguments (see :mod:`dllm_masks.ops`), so every backend is called
+the same way and compared with ``torch.equal``.
+"""
+from __future__ import annotations
+
+from typing import Optional, Tuple
+
+import torch
+
+from .rates import _solve, bernoulli_thresholds, exact_counts
+from .rng import MASK32, STREAM_BERNOULLI, STREAM_SELECT, philox4x32, split_seed
+
+__all__ = ["priority_mask_ref", "LOSS_WEIGHT_MODES"]
+
+LOSS_WEIGHT_MODES = {None: 0, "sigma": 1, "token": 2}
+IGNORE_INDEX = -100
+
+
+def _token_layout(cu_seqlens: torch.Tensor, T: int):
+    """Sequence index and in-sequence position of every token of a packed batch."""
+    dev = cu_seqlens.device
+    cu = cu_seqlens.to(torch.int64)
+    tok = torch.arange(T, device=dev, dtype=torch.int64)
+    seq = torch.searchsorted(cu[1:], tok, right=True)  # first b with cu[b+1] > t
+    pos = tok - cu[seq]
+    return cu, seq, pos
+
+
+def _draws(cu: torch.Tensor, seq: torch.Tensor, pos: torch.Tensor, seq_keys: torch.Tensor, stream: int, rng: torch.Tensor) -> torch.Tensor:
+    """uint32 draws (int64) of every token, one Philox call per group of four positions."""
+    B = cu.numel() - 1
+    T = pos.numel()
+    lens = cu[1:] - cu[:-1]
+    groups = (lens + 3) >> 2
+    gstart = torch.zeros(B + 1, dtype=torch.int64, device=cu.device)
+    torch.cumsum(groups, 0, out=gstart[1:])
+    # Σ ceil(len/4) ≤ T/4 + B: a static bound, so no host sync to size the group array;
+    # groups past the real count are computed and never read.
+    G = T // 4 + B
+    g = torch.arange(G, device=cu.device, dtype=torch.int64)
+    gseq = torch.searchsorted(gstart[1:], g, right=True).clamp_(max=max(B - 1, 0))
+    quad = g - gstart[gseq]
+    keys = seq_keys[gseq]
+    k0, k1 = split_seed(rng[0])
+    words = torch.stack(
+        philox4x32(quad, keys & MASK32, (keys >> 32) & MASK32, torch.full_like(quad, stream), k0, k1), dim=-1
+    )
+    return words.reshape(-1)[(gstart[seq] + (pos >> 2)) * 4 + (pos & 3)]
+
+
+def priority_mask_ref(
+    input_ids: torch.Tensor,
+    cu_seqlens: torch.Tensor,
+    sigma: torch.Tensor,
+    priority: Optional[torch.Tensor],
+    maskable: Optional[torch.Tensor],
+    prompt_lens: Optional[torch.Tensor],
+    sample_ids: Optional[torch.Tensor],
+    rng: torch.Tensor,
+    weight: float,
+    block_size: int,
+    num_segments: int,
+    exact: bool,
+    complementary: bool,
+    loss_weight_mode: int,
+    mask_token_id: int,
+) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Reference implementation of ``dllm_masks::priority_mask`` on normalized arguments.
+
+    Parameters
+    ----------
+    input_ids : int32/int64 [T]
+    cu_seqlens : int32 [B+1]
+    sigma : float32 [1] or [S]
+    priority : bool/uint8 [T] or None
+    maskable : bool [T] or None
+    prompt_lens : int32/int64 [B] or None (never together with ``maskable``)
+    sample_ids : int64 [B] or None
+    rng : int64 [2], (seed, seq_offset), bits read as uint64 / int64
+    weight : float in [0, inf]
+    block_size : int, 0 for one segment per sequence
+    num_segments : int, S
+    exact, complementary : bool
+    loss_weight_mode : int, 0 none, 1 sigma, 2 token
+    mask_token_id : int
+
+    Returns
+    -------
+    noisy_ids [V·T] (input dtype), masked bool [V·T], labels int64 [V·T],
+    loss_weight float32 [V·T] (or [0] when mode 0), rates float64 [S, 2]; V = 2 if complementary.
+    """
+    dev = input_ids.device
+    T = input_ids.numel()
+    B = cu_seqlens.numel() - 1
+    S = num_segments
+    cu, seq, pos = _token_layout(cu_seqlens, T)
+
+    if maskable is not None:
+        mk = maskable.to(torch.bool)
+    elif prompt_lens is not None:
+        mk = pos >= prompt_lens.to(torch.int64)[seq]
+    else:
+        mk = torch.ones(T, dtype=torch.bool, device=dev)
+    pr = priority.to(torch.bool) & mk if priority is not None else torch.zeros_like(mk)
+
+    if block_size > 0:
+        lens = cu[1:] - cu[:-1]
+        nblk = (lens + block_size - 1) // block_size
+        bstart = torch.zeros(B + 1, dtype=torch.int64, device=dev)
+        torch.cumsum(nblk, 0, out=bstart[1:])
+        seg = bstart[seq] + pos // block_size
+    else:
+        seg = seq
+
+    sig = sigma.to(torch.float32).expand(S) if sigma.numel() == 1 else sigma.to(torch.float32)
+    n = torch.zeros(S, dtype=torch.int64, device=dev).index_add_(0, seg, mk.to(torch.int64))
+    n1 = torch.zeros(S, dtype=torch.int64, device=dev).index_add_(0, seg, pr.to(torch.int64))
+    rates = _solve(n, n1, sig, float(weight))
+
+    if sample_ids is not None:
+        seq_keys = sample_ids.to(torch.int64)
+    else:
+        seq_keys = rng[1].to(torch.int64) + torch.arange(B, device=dev, dtype=torch.int64)
+    grp = pr.to(torch.int64)  # 0: other, 1: priority
+    if exact:
+        k0, k1 = exact_counts(n, n1, sig, rates)
+        r = _draws(cu, seq, pos, seq_keys, STREAM_SELECT, rng)
+        # Sort by (segment, group, r), ties by position: one stable sort on a 64-bit key.
+        gid = torch.where(mk, seg * 2 + grp, torch.full_like(seg, 2 * S))
+        order = torch.sort((gid << 32) | r, stable=True).indices
+        gcount = torch.zeros(2 * S + 1, dtype=torch.int64, device=dev).index_add_(0, gid, torch.ones_like(gid))
+        gstart = torch.cumsum(gcount, 0) - gcount
+        rank = torch.empty_like(order)
+        rank[order] = torch.arange(T, device=dev, dtype=torch.int64)
+        rank = rank - gstart[gid]
+        kk = torch.stack([k0, k1], dim=-1).reshape(-1)
+        kk = torch.cat([kk, kk.new_zeros(1)])
+        masked = mk & (rank < kk[gid])
+    else:
+        thr = bernoulli_thresholds(rates)  # [S, 2]
+        r = _draws(cu, seq, pos, seq_keys, STREAM_BERNOULLI, rng)
+        masked = mk & (r < thr[seg, grp])
+
+    views = [masked, mk & ~masked] if complementary else [masked]
+    masked_all = torch.cat(views)
+    ids_all = input_ids.repeat(len(views))
+    noisy = torch.where(masked_all, torch.full_like(ids_all, mask_token_id), ids_all)
+    labels = torch.where(masked_all, ids_all.to(torch.int64), torch.full_like(ids_all, IGNORE_INDEX, dtype=torch.int64))
+
+    if loss_weight_mode == 0:
+        lw = torch.empty(0, dtype=torch.float32, device=dev)
+    else:
+        q = sig.to(torch.float64)[seg] if loss_weight_mode == 1 else rates[seg, grp]
+        parts = [torch.where(views[0], 1.0 / q, 0.0)]
+        if complementary:
+            parts.append(torch.where(views[1], 1.0 / (1.0 - q), 0.0))
+        lw = torch.cat(parts).to(torch.float32)
+    return noisy, masked_all, labels, lw, rates
