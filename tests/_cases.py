@@ -1,0 +1,116 @@
+"""Shared inputs and comparisons for the priority_mask tests of every backend.
+
+Every kernel is compared to the reference bit-for-bit (``torch.equal``) on the same cases:
+``AWKWARD`` packed batches, the golden vectors of ``shared/vectors`` and hypothesis-drawn inputs.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+from pathlib import Path
+
+import torch
+from hypothesis import strategies as st
+
+import dllm_masks as dm
+
+VECTORS = Path(__file__).resolve().parent / "data" / "priority_mask_vectors.json"
+
+# Lengths of the sequences of one packed batch, and why each is there.
+AWKWARD = [
+    ([], "empty batch (B = 0)"),
+    ([0], "one empty sequence"),
+    ([0, 0, 3], "empty sequences before a short one"),
+    ([1], "a single token"),
+    ([3, 4, 5], "around one Philox group of four"),
+    ([31, 33], "around a power of two"),
+    ([4097], "one long sequence, past 4096"),
+    ([5, 0, 1, 31, 33, 4097, 3], "everything mixed"),
+]
+
+
+def packed_case(lengths, seed=0, *, prompt=True, prio_rate=0.25, per_seg_sigma=True, block_size=None, dtype=torch.int64,
+                device="cpu", **kw):
+    """Keyword arguments of ``dm.priority_mask`` for a packed batch of the given lengths."""
+    g = torch.Generator().manual_seed(seed)
+    B, T = len(lengths), sum(lengths)
+    cu = torch.zeros(B + 1, dtype=torch.int32)
+    if B:
+        cu[1:] = torch.cumsum(torch.tensor(lengths), 0)
+    ids = torch.randint(5, 50000, (T,), generator=g, dtype=torch.int64).to(dtype)
+    S = dm.num_segments(cu, block_size)
+    sigma = torch.rand(S if per_seg_sigma else 1, generator=g)
+    args = dict(input_ids=ids, sigma=sigma, cu_seqlens=cu, priority=torch.rand(T, generator=g) < prio_rate,
+                mask_token_id=3, seed=seed * 7919 + 1, block_size=block_size)
+    if prompt and B:
+        lens = torch.tensor(lengths)
+        args["prompt_lens"] = (torch.rand(B, generator=g) * (lens + 1).float()).long().clamp(max=lens)
+    args.update(kw)
+    return {k: (v.to(device) if isinstance(v, torch.Tensor) else v) for k, v in args.items()}
+
+
+def assert_same(a: dm.MaskedBatch, b: dm.MaskedBatch, what=""):
+    """Bit-for-bit equality of two results (dtype and shape included)."""
+    for name in dm.MaskedBatch._fields:
+        x, y = getattr(a, name), getattr(b, name)
+        if x is None or y is None:
+            assert x is None and y is None, f"{what}: {name} is None in only one result"
+            continue
+        x, y = x.cpu(), y.cpu()
+        assert x.dtype == y.dtype and x.shape == y.shape, f"{what}: {name} {x.dtype}{tuple(x.shape)} != {y.dtype}{tuple(y.shape)}"
+        if not torch.equal(x, y):
+            diff = (x != y).nonzero()[:5].flatten().tolist()
+            raise AssertionError(f"{what}: {name} differs (first positions {diff})")
+
+
+def golden_cases():
+    """(name, kwargs, expected) of the golden vectors computed from DESIGN by an independent implementation."""
+    data = json.loads(VECTORS.read_text())
+    out = []
+    for case in data["cases"]:
+        inp = dict(case["inputs"])
+        kw = {"input_ids": torch.tensor(inp.pop("input_ids"))}
+        for k, v in inp.items():
+            if k == "weight":
+                v = math.inf if v == "inf" else float(v)
+            elif k == "cu_seqlens":
+                v = torch.tensor(v, dtype=torch.int32)
+            elif k == "sigma":
+                v = torch.tensor(v, dtype=torch.float32)
+            elif k in ("priority", "maskable", "sample_ids"):
+                v = torch.tensor(v)
+            kw[k] = v
+        out.append((case["name"], kw, case["expected"]))
+    return out
+
+
+@st.composite
+def random_cases(draw, max_len=40, max_seqs=5):
+    """Small packed batches with every option drawn: for bit-equality between backends."""
+    lengths = draw(st.lists(st.integers(0, max_len), min_size=0, max_size=max_seqs))
+    block_size = draw(st.sampled_from([None, None, 1, 3, 4, 32]))
+    weight = draw(st.sampled_from([1.0, 2.0, 0.5, 0.0, math.inf, 5.0, 1e-3, 1e3]))
+    kw = packed_case(
+        lengths,
+        seed=draw(st.integers(0, 2**16)),
+        prompt=draw(st.booleans()),
+        prio_rate=draw(st.sampled_from([0.0, 0.25, 0.9, 1.0])),
+        per_seg_sigma=draw(st.booleans()),
+        block_size=block_size,
+        dtype=draw(st.sampled_from([torch.int32, torch.int64])),
+        weight=weight,
+        sampling=draw(st.sampled_from(["bernoulli", "exact"])),
+        complementary=draw(st.booleans()),
+        loss_weight=draw(st.sampled_from([None, "sigma", "token"])),
+    )
+    kw["seed"] = draw(st.integers(-(2**63), 2**64 - 1))
+    if draw(st.booleans()):
+        kw["seq_offset"] = draw(st.integers(-(2**40), 2**40))
+    if draw(st.booleans()) and lengths:
+        kw["sample_ids"] = torch.tensor(draw(st.lists(st.integers(-(2**63), 2**63 - 1), min_size=len(lengths),
+                                                      max_size=len(lengths))), dtype=torch.int64)
+    if draw(st.booleans()):
+        kw["sigma"] = kw["sigma"].clone()
+        kw["sigma"][: draw(st.integers(0, kw["sigma"].numel()))] = draw(st.sampled_from([0.0, 1.0]))
+    return kw
