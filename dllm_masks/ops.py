@@ -11,6 +11,7 @@ Layers (each with one job):
 """
 from __future__ import annotations
 
+import importlib.util
 import logging
 import math
 import os
@@ -55,10 +56,14 @@ def _priority_mask_fake(input_ids, cu_seqlens, sigma, priority, maskable, prompt
 # ---------------------------------------------------------------------------------------------
 _cpp = None
 _cpp_error: Optional[str] = None
-try:  # the C++ extension registers its CPU kernel on import
-    from . import _C as _cpp  # type: ignore[attr-defined]
-except Exception as e:  # noqa: BLE001 - importing never crashes; the reference serves instead
-    _cpp_error = f"{type(e).__name__}: {e}"
+if importlib.util.find_spec("dllm_masks._C") is None:
+    _cpp_error = "not built (installed with DLLM_MASKS_SKIP_CPP=1, or its build failed)"
+else:
+    try:  # the C++ extension registers its CPU kernel on import
+        from . import _C as _cpp  # type: ignore[attr-defined]
+    except Exception as e:  # noqa: BLE001 - importing never crashes; the reference serves instead
+        _cpp_error = f"{type(e).__name__}: {e}"
+if _cpp is None:
     log.debug("dllm_masks: C++ extension not loaded (%s); CPU tensors use the reference", _cpp_error)
 
 _triton = None

@@ -50,14 +50,13 @@ def solve_rates(n, n1, sigma, weight: float) -> torch.Tensor:
         V.check_tensor(name, x, dtypes=V.INT_DTYPES)
         if bool((x < 0).any()):
             raise ValueError(f"{name}: counts must be >= 0")
-    if bool((n1 > n).any()):
-        raise ValueError("n1: priority counts must not exceed n")
     V.check_sigma_values(sigma)
-    S = max(n.numel(), n1.numel(), sigma.numel())
     try:
-        n, n1, sigma = torch.broadcast_tensors(n, n1, sigma.expand(S) if sigma.numel() == 1 else sigma)
+        n, n1, sigma = torch.broadcast_tensors(n, n1, sigma)
     except RuntimeError as e:
         raise ValueError(f"n, n1, sigma: lengths do not broadcast ({e})") from None
+    if bool((n1 > n).any()):
+        raise ValueError("n1: priority counts must not exceed n")
     return _solve(n, n1, sigma, w)
 
 
