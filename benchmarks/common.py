@@ -1,0 +1,127 @@
+"""Shared benchmark plumbing: workloads, baselines, timing, machine info, JSON results and plots.
+
+Imported by ``bench_priority_mask.py`` (CPU) and ``gpu_check.py`` (a lent GPU) so both measure the
+same workload against the same baselines.
+"""
+from __future__ import annotations
+
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Callable, Dict, List, Optional
+
+import torch
+
+ROOT = Path(__file__).resolve().parent.parent
+RESULTS = ROOT / "benchmarks" / "results"
+SEQ_LEN = 2048
+MASK_ID = 126336  # LLaDA's [MASK]
+
+
+def workload(T: int, *, seq_len: int = SEQ_LEN, prio_rate: float = 0.25, seed: int = 0, device="cpu",
+             id_dtype=torch.int64) -> dict:
+    """The benchmark batch: T tokens packed in sequences of ``seq_len`` with prompts of 5-25 %,
+    ``prio_rate`` priority tokens and σ ~ U[0.3, 0.8] per sequence. Returns ``priority_mask`` kwargs."""
+    g = torch.Generator().manual_seed(seed)
+    B = max(1, T // seq_len)
+    T = B * seq_len
+    kw = dict(
+        input_ids=torch.randint(0, 126000, (T,), generator=g).to(id_dtype),
+        cu_seqlens=torch.arange(B + 1, dtype=torch.int32) * seq_len,
+        prompt_lens=(torch.rand(B, generator=g) * 0.2 * seq_len + 0.05 * seq_len).long(),
+        priority=torch.rand(T, generator=g) < prio_rate,
+        sigma=0.3 + 0.5 * torch.rand(B, generator=g),
+    )
+    kw = {k: v.to(device) for k, v in kw.items()}
+    kw.update(weight=2.0, complementary=True, mask_token_id=MASK_ID, seed=1234)
+    return kw
+
+
+def dfactory_mask(input_ids: torch.Tensor, t: torch.Tensor, prompt_lens: torch.Tensor, mask_id: int,
+                  seq_len: int = SEQ_LEN, generator: Optional[torch.Generator] = None):
+    """The per-sequence uniform Bernoulli masking trainers use today (dFactory / LLaDA SFT style):
+    ``rand < t`` per sequence, prompt excluded, ``torch.where``; one view, noisy ids and labels.
+
+    ``input_ids`` [B·seq_len] is viewed as a padded [B, seq_len] batch.
+    """
+    ids = input_ids.view(-1, seq_len)
+    pos = torch.arange(seq_len, device=ids.device)
+    masked = torch.rand(ids.shape, generator=generator, device=ids.device) < t[:, None]
+    masked &= pos[None, :] >= prompt_lens[:, None]
+    noisy = torch.where(masked, torch.full_like(ids, mask_id), ids)
+    labels = torch.where(masked, ids, torch.full_like(ids, -100))
+    return noisy, labels, masked
+
+
+def essential_bytes(kw: dict, *, loss_weight: bool = False) -> Dict[str, int]:
+    """Bytes the op must read (ids, priority, prompt lengths, σ, offsets) and write (per view:
+    noisy ids, mask, int64 labels, float32 weights if asked)."""
+    ids = kw["input_ids"]
+    T = ids.numel()
+    V = 2 if kw.get("complementary") else 1
+    read = T * ids.element_size() + T + sum(kw[k].numel() * kw[k].element_size()
+                                            for k in ("prompt_lens", "sigma", "cu_seqlens"))
+    write = V * T * (ids.element_size() + 1 + 8 + (4 if loss_weight else 0))
+    return {"read": read, "write": write}
+
+
+def time_cpu(fn: Callable[[], object], *, min_reps: int = 5, max_reps: int = 200, budget_s: float = 3.0,
+             warmup: int = 2) -> List[float]:
+    """Wall times (seconds) of ``fn`` after warm-up: at least ``min_reps``, until ``budget_s`` is spent."""
+    for _ in range(warmup):
+        fn()
+    times: List[float] = []
+    start = time.perf_counter()
+    while len(times) < max_reps and (len(times) < min_reps or time.perf_counter() - start < budget_s):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return times
+
+
+def summarize(times: List[float]) -> dict:
+    q = statistics.quantiles(times, n=5) if len(times) >= 2 else [times[0]] * 4
+    return {"median_ms": 1e3 * statistics.median(times), "p20_ms": 1e3 * q[0], "p80_ms": 1e3 * q[-1],
+            "reps": len(times)}
+
+
+def git_commit() -> str:
+    try:
+        out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True, timeout=10)
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=ROOT, capture_output=True,
+                               text=True, timeout=10).stdout.strip()
+        return out.stdout.strip() + ("-dirty" if dirty else "")
+    except Exception:  # noqa: BLE001
+        return "unknown"
+
+
+def machine_info(device: str = "cpu") -> dict:
+    info = {"platform": platform.platform(), "python": sys.version.split()[0], "torch": torch.__version__,
+            "threads": torch.get_num_threads(), "cpu_count": os.cpu_count()}
+    try:
+        import triton
+
+        info["triton"] = triton.__version__
+    except Exception:  # noqa: BLE001
+        info["triton"] = None
+    try:
+        with open("/proc/cpuinfo") as f:
+            info["cpu"] = next((ln.split(":", 1)[1].strip() for ln in f if ln.startswith("model name")), None)
+    except OSError:
+        info["cpu"] = platform.processor()
+    if device == "cuda" and torch.cuda.is_available():
+        info["gpu"] = torch.cuda.get_device_name()
+    return info
+
+
+def append_results(path: Path, record: dict) -> None:
+    """Append one run to a JSON list file (created if missing)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    runs = json.loads(path.read_text()) if path.exists() else []
+    runs.append(record)
+    path.write_text(json.dumps(runs, indent=1) + "\n")
