@@ -356,7 +356,7 @@ def priority_mask(
     if isinstance(sigma, torch.Tensor):
         V.check_tensor("sigma", sigma, dtypes=(torch.float16, torch.bfloat16, torch.float32, torch.float64),
                        ndim=(0, 1), device=dev)
-        sig = sigma.reshape(-1).to(torch.float32)
+        sig = sigma.detach().reshape(-1).to(torch.float32)
     else:
         if isinstance(sigma, bool) or not isinstance(sigma, (int, float)):
             raise TypeError(f"sigma: expected a float or a floating tensor, got {type(sigma).__name__}")
