@@ -1,0 +1,749 @@
+"""Run an untrusted generated Python program against its tests in a separate, limited process.
+
+The training process never executes generated code. :func:`run_program` starts
+``sys.executable -I -S`` (isolated mode: no ``PYTHON*`` variables, no user site, no script
+directory on ``sys.path``; no ``site`` either, for a start-up without ``.pth`` hooks: the
+evaluator's site-packages directories are put on ``sys.path`` plainly, so NumPy and friends
+import, and ``exit()``/``quit()`` do not exist) in a throw-away working directory and waits for it
+with a wall-clock limit. That process (the *supervisor*) forks the *worker*, which lowers its
+resource limits, then compiles and runs the program and the test, and reports the outcome; the
+supervisor reaps the worker and reports how it ended (exit code or signal, CPU time).
+
+Two isolation levels (``isolation=``):
+
+``"namespace"`` (chosen by ``"auto"`` when the evaluator runs as root on Linux and util-linux's
+``unshare`` and ``setpriv`` work: a probe run checks this once per process)
+    The supervisor runs in fresh PID, network and IPC namespaces as an unprivileged user id of its
+    own (one per concurrent slot, no ``/etc/passwd`` entry needed), with no supplementary groups,
+    ``no_new_privs`` and an empty capability bounding set. The program cannot signal any process
+    outside its namespace (the evaluator and its other children included: their pids do not exist
+    there; the supervisor is the namespace's init, which ignores the program's signals), has no
+    network (only a loopback device that is down), cannot write outside its working directory and
+    the world-writable directories, and cannot raise its limits again. ``RLIMIT_NPROC`` is
+    enforced (it counts per user id, and the id is the slot's own). When the supervisor exits or
+    is killed the kernel kills every process left in the namespace, and the run returns only once
+    they are gone. Where the interpreter is only reachable by root (a pyenv under ``/root``, as on
+    this project's machines; the probe checks that the sandbox runs this very interpreter) the
+    unprivileged user keeps one capability, ``CAP_DAC_READ_SEARCH``: it can then *read* any file,
+    but still writes and signals as an unprivileged user (:func:`isolation_details` says which).
+``"process"`` (everywhere else)
+    The program runs as the evaluator's own user, in its own session and process group, with the
+    same resource limits. It *can* signal the evaluator and write wherever the evaluator can; a
+    process that leaves the process group (``setsid``) can outlive the run; as root it can raise
+    its limits again and ``RLIMIT_NPROC`` does not apply at all (the kernel exempts uid 0); as any
+    other user ``RLIMIT_NPROC`` counts all of that user's processes and threads, so the limit is
+    set to the current count plus ``max_processes`` (approximate).
+
+In both levels: ``RLIMIT_CPU`` per process (SIGXCPU, then SIGKILL a second later),
+``RLIMIT_AS`` (address space: allocations fail with ``MemoryError``), ``RLIMIT_FSIZE`` (per file,
+stdout and stderr included), ``RLIMIT_NOFILE``, no core dumps, stdin from ``/dev/null``, an
+environment of ``PATH``, ``HOME`` and ``TMPDIR`` (both the working directory), a UTF-8 locale and
+one-thread BLAS settings only, no file descriptors inherited beyond the standard three and the two
+private channels (the program's source comes through one, the outcome goes back through the
+other), stdout and stderr captured in unlinked temporary files and truncated, and parent-death
+signals so that a killed evaluator takes its sandboxes with it. On expiry of the wall clock the
+whole process group is killed with SIGKILL; after a normal exit it is killed as well, so that
+background children do not survive the run. The working directory is deleted afterwards.
+
+Not enforced: total disk use (a program may write many files of up to ``file_mb`` each until it is
+stopped; files written outside the working directory, e.g. in ``/tmp`` or ``/dev/shm``, are not
+removed), reads of files the sandbox user may read, and a program that deliberately inspects the
+interpreter to forge its own report (the sandbox protects the evaluator and the machine, not the
+score against an adversary).
+"""
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import sys
+
+try:
+    import resource
+except ImportError:  # pragma: no cover - not POSIX
+    resource = None
+
+# --------------------------------------------------------------------------------------------
+# Sandbox side: this file runs as ``python -I -S sandbox.py PAYLOAD_FD STATUS_FD``
+# --------------------------------------------------------------------------------------------
+
+def _set_pdeathsig():
+    """Die with SIGKILL when the parent dies (Linux; best effort)."""
+    if sys.platform.startswith("linux"):
+        with contextlib.suppress(Exception):
+            import ctypes
+            ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL, 0, 0, 0)  # PR_SET_PDEATHSIG
+
+
+def _user_tasks(uid: int) -> int:
+    """Processes plus threads whose real uid is ``uid`` (what RLIMIT_NPROC counts)."""
+    n = 0
+    for d in os.listdir("/proc"):
+        if d.isdigit():
+            try:
+                with open(f"/proc/{d}/status") as f:
+                    text = f.read()
+            except OSError:
+                continue
+            fields = dict(line.split(":", 1) for line in text.splitlines() if ":" in line)
+            if int(fields.get("Uid", "-1").split()[0]) == uid:
+                n += int(fields.get("Threads", "1"))
+    return n
+
+
+def _apply_limits(cfg: dict) -> None:
+    def setlim(which, soft, hard=None):
+        hard = soft if hard is None else hard
+        _, cur_hard = resource.getrlimit(which)
+        if cur_hard != resource.RLIM_INFINITY:
+            soft, hard = min(soft, cur_hard), min(hard, cur_hard)
+        resource.setrlimit(which, (soft, hard))
+
+    setlim(resource.RLIMIT_CORE, 0)
+    setlim(resource.RLIMIT_CPU, cfg["cpu"], cfg["cpu"] + 1)  # SIGXCPU, then SIGKILL
+    setlim(resource.RLIMIT_AS, cfg["memory"])
+    setlim(resource.RLIMIT_FSIZE, cfg["fsize"])
+    setlim(resource.RLIMIT_NOFILE, cfg["nofile"])
+    if cfg["mode"] == "namespace":
+        setlim(resource.RLIMIT_NPROC, cfg["nproc"] + 1)  # + the supervisor, same uid
+    elif os.getuid() != 0 and sys.platform.startswith("linux"):
+        setlim(resource.RLIMIT_NPROC, _user_tasks(os.getuid()) + cfg["nproc"] - 1)
+
+
+def _worker(cfg: dict, status_fd: int) -> None:
+    # Bind what the report needs before the program can replace it.
+    write, dumps, exit_, fmt, getpid = os.write, json.dumps, os._exit, _format_exception, os.getpid
+    me = getpid()
+
+    def report(status, detail=""):
+        with contextlib.suppress(BaseException):
+            if getpid() == me:  # not a forked copy that returned into this function
+                write(status_fd, (dumps({"kind": "outcome", "status": status, "detail": detail[:2000]}) + "\n").encode())
+        for stream in (sys.stdout, sys.stderr):
+            with contextlib.suppress(BaseException):
+                stream.flush()
+        exit_(0)
+
+    program, test, entry = cfg["program"], cfg["test"], cfg["entry_point"]
+
+    def print_failure(e):  # the traceback without this frame, with the source lines
+        with contextlib.suppress(BaseException):
+            import linecache
+            import traceback
+            for name, src in (("<program>", program), ("<test>", test)):
+                linecache.cache[name] = (len(src), None, src.splitlines(True), name)
+            traceback.print_exception(type(e), e, e.__traceback__.tb_next)
+
+    if cfg["mode"] == "process":
+        _set_pdeathsig()
+    try:
+        _apply_limits(cfg)
+    except (OSError, ValueError) as e:
+        report("error", f"could not set the resource limits: {e}")
+    # Started with -S (no site: faster, no .pth hooks); the evaluator's site-packages, plainly.
+    sys.path.extend(p for p in cfg["site_packages"] if p not in sys.path)
+
+    try:
+        code = compile(program, "<program>", "exec")
+    except MemoryError as e:
+        report("memory", "compile: " + fmt(e))
+    except Exception as e:  # SyntaxError, ValueError (NUL bytes), RecursionError (nesting)
+        print_failure(e)
+        report("syntax", fmt(e))
+    try:
+        test_code = compile(test, "<test>", "exec")
+    except BaseException as e:
+        report("error", "the test does not compile: " + fmt(e))
+
+    sys.argv = ["__program__"]
+    module = type(sys)("__program__")
+    sys.modules["__program__"] = module
+    g = module.__dict__
+    phase = "program"
+    try:
+        exec(code, g)
+        phase = "test"
+        exec(test_code, g)
+        check = g.get("check")
+        if not callable(check):
+            report("error", "the test defines no check(candidate)")
+        if entry not in g:
+            report("failed", f"the program does not define the entry point {entry!r}")
+        phase = "check"
+        check(g[entry])
+    except MemoryError as e:
+        report("memory", f"{phase}: " + fmt(e))
+    except BaseException as e:  # SystemExit and KeyboardInterrupt included: not a pass
+        print_failure(e)
+        report("failed", f"{phase}: " + fmt(e))
+    report("passed")
+
+
+def _format_exception(e: BaseException) -> str:
+    text = f"{type(e).__name__}: {e}" if str(e) else type(e).__name__
+    return text.replace("\n", " ")[:500]
+
+
+def _child_main(argv) -> None:
+    payload_fd, status_fd = int(argv[1]), int(argv[2])
+    with os.fdopen(payload_fd, "rb") as f:
+        cfg = json.loads(f.read().decode("utf-8"))
+    os.set_inheritable(status_fd, False)  # the program's own children do not get it
+    if cfg["mode"] == "process":
+        _set_pdeathsig()
+    pid = os.fork()
+    if pid == 0:
+        try:
+            _worker(cfg, status_fd)
+        finally:
+            os._exit(70)
+    # Supervisor: reap the worker (and, as the namespace's init, any orphan) and report.
+    while True:
+        try:
+            got, status, usage = os.wait4(-1, 0)
+        except ChildProcessError:
+            status, usage = None, None
+            break
+        if got == pid:
+            break
+    rec = {"kind": "exit", "returncode": None if status is None else os.waitstatus_to_exitcode(status),
+           "cpu": None if usage is None else usage.ru_utime + usage.ru_stime}
+    os.write(status_fd, (json.dumps(rec) + "\n").encode())
+    os._exit(0)
+
+
+# This file is also the sandbox's script. Run as one it stops here: the evaluator side below, with
+# its heavier imports, is not needed there (each import is start-up time of every sandbox).
+if __name__ == "__main__":
+    _child_main(sys.argv)
+
+
+import math  # noqa: E402
+import numbers  # noqa: E402
+import select  # noqa: E402
+import shutil  # noqa: E402
+import subprocess  # noqa: E402
+import tempfile  # noqa: E402
+import threading  # noqa: E402
+import time  # noqa: E402
+from dataclasses import dataclass  # noqa: E402
+from typing import Optional  # noqa: E402
+
+__all__ = ["STATUSES", "ISOLATIONS", "ExecResult", "SandboxLimits", "run_program", "resolve_isolation",
+           "isolation_details", "SANDBOX_UID_BASE", "SANDBOX_UID_SPAN"]
+
+STATUSES = ("passed", "failed", "timeout", "memory", "error", "syntax")
+ISOLATIONS = ("auto", "namespace", "process")
+
+# Namespace mode runs each concurrent slot as its own unprivileged uid. The uids need no
+# /etc/passwd entry; the range is far above regular and system users and sub-uid ranges.
+SANDBOX_UID_BASE = 1_000_000_000
+_MAX_SLOTS = 64
+SANDBOX_UID_SPAN = (1 << 20) * _MAX_SLOTS
+_MAX_OPEN_FILES = 512
+_MEMORY_WORDS = ("MemoryError", "Cannot allocate memory", "bad_alloc", "out of memory")
+
+
+# --------------------------------------------------------------------------------------------
+# Results and limits
+# --------------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class ExecResult:
+    """The outcome of running one program against its tests.
+
+    Attributes
+    ----------
+    status : str
+        ``"passed"`` (every test passed), ``"failed"`` (a test failed, the program raised, was
+        killed by a signal or exited before the tests finished, or the entry point is missing),
+        ``"timeout"`` (wall-clock or CPU-time limit), ``"memory"`` (memory limit: an allocation
+        failed), ``"syntax"`` (the program does not compile) or ``"error"`` (the evaluator could
+        not judge the program: the test code does not compile or defines no ``check``, the
+        sandbox failed to start, or the evaluation was interrupted).
+    passed : bool
+        ``status == "passed"``.
+    duration : float
+        Wall-clock seconds from start to the end of the sandbox, interpreter start included.
+    stdout : str
+        The program's standard output, its first ``output_chars`` characters.
+    stderr : str
+        The program's standard error (with the traceback of a failure), its last
+        ``output_chars`` characters.
+    detail : str
+        One line saying why, e.g. ``"check: AssertionError"``; empty when passed.
+    returncode : int or None
+        The worker's exit code (negative: the signal that killed it); None when unknown (the
+        whole sandbox was killed on timeout, or did not start).
+    cpu_time : float or None
+        User plus system CPU seconds of the worker (and the children it waited for).
+    isolation : str
+        ``"namespace"`` or ``"process"``: the level the program ran under.
+    """
+
+    status: str
+    passed: bool
+    duration: float
+    stdout: str
+    stderr: str
+    detail: str
+    returncode: Optional[int]
+    cpu_time: Optional[float]
+    isolation: str
+
+
+def _check_real(name, x, *, low, high=math.inf):
+    if isinstance(x, bool) or not isinstance(x, numbers.Real):
+        raise TypeError(f"{name}: expected a number, got {type(x).__name__}")
+    v = float(x)
+    if not (low < v <= high):  # also refuses NaN
+        raise ValueError(f"{name}: must be in ({low}, {high}], got {x!r}")
+    return v
+
+
+def _check_int(name, x, *, low, high=None):
+    if isinstance(x, bool) or not isinstance(x, numbers.Integral):
+        raise TypeError(f"{name}: expected an int, got {type(x).__name__}")
+    v = int(x)
+    if v < low or (high is not None and v > high):
+        bound = f">= {low}" if high is None else f"in [{low}, {high}]"
+        raise ValueError(f"{name}: must be {bound}, got {v}")
+    return v
+
+
+@dataclass(frozen=True)
+class SandboxLimits:
+    """Resource limits of one sandboxed run (checked on construction).
+
+    Parameters
+    ----------
+    timeout : float
+        Wall-clock seconds, > 0 (at most one day). The run is killed when they are over.
+    memory_mb : int
+        Address-space limit (``RLIMIT_AS``) of the worker in MiB, >= 64. The interpreter itself
+        takes about 20 MiB of it.
+    cpu_seconds : int or None
+        CPU-time limit (``RLIMIT_CPU``) of each process in seconds, >= 1; None: ``ceil(timeout)``.
+    file_mb : int
+        Largest file the program may write (``RLIMIT_FSIZE``) in MiB, >= 1; stdout and stderr
+        count as files.
+    max_processes : int
+        Processes and threads the program may have at once, itself included (``RLIMIT_NPROC``),
+        >= 1; enforced in namespace mode and for a non-root evaluator only.
+    output_chars : int
+        How much of stdout (head) and stderr (tail) to keep, >= 0.
+    """
+
+    timeout: float = 5.0
+    memory_mb: int = 1024
+    cpu_seconds: Optional[int] = None
+    file_mb: int = 16
+    max_processes: int = 32
+    output_chars: int = 4000
+
+    def __post_init__(self):
+        set_ = object.__setattr__
+        set_(self, "timeout", _check_real("timeout", self.timeout, low=0.0, high=86400.0))
+        set_(self, "memory_mb", _check_int("memory_mb", self.memory_mb, low=64))
+        if self.cpu_seconds is not None:
+            set_(self, "cpu_seconds", _check_int("cpu_seconds", self.cpu_seconds, low=1))
+        set_(self, "file_mb", _check_int("file_mb", self.file_mb, low=1))
+        set_(self, "max_processes", _check_int("max_processes", self.max_processes, low=1, high=4096))
+        set_(self, "output_chars", _check_int("output_chars", self.output_chars, low=0))
+
+    @property
+    def cpu_limit(self) -> int:
+        """The CPU-time limit in whole seconds."""
+        return self.cpu_seconds if self.cpu_seconds is not None else max(1, math.ceil(self.timeout))
+
+
+# --------------------------------------------------------------------------------------------
+# Isolation level
+# --------------------------------------------------------------------------------------------
+
+class _SlotPool:
+    """Hands out slot numbers 0..n-1 to concurrent runs (one unprivileged uid per slot)."""
+
+    def __init__(self, n: int):
+        self._free = list(range(n))
+        self._cv = threading.Condition()
+
+    @contextlib.contextmanager
+    def take(self):
+        with self._cv:
+            while not self._free:
+                self._cv.wait()
+            slot = self._free.pop(0)
+        try:
+            yield slot
+        finally:
+            with self._cv:
+                self._free.append(slot)
+                self._free.sort()
+                self._cv.notify()
+
+
+_SLOTS = _SlotPool(_MAX_SLOTS)
+_NS_LOCK = threading.Lock()
+_NS_STATE: dict = {}  # "caps": list of setpriv capability options, or "reason": why unavailable
+
+
+def _slot_uid(slot: int) -> int:
+    # Distinct per evaluator process (by pid) and per slot, so that concurrent evaluators on one
+    # machine do not share an RLIMIT_NPROC count.
+    return SANDBOX_UID_BASE + (os.getpid() % (1 << 20)) * _MAX_SLOTS + slot
+
+
+def _namespace_prefix(uid: int, caps) -> list:
+    setpriv, unshare = shutil.which("setpriv"), shutil.which("unshare")
+    return [setpriv, "--pdeathsig", "KILL", "--",  # the evaluator dies: unshare dies
+            unshare, "--pid", "--fork", "--net", "--ipc", "--kill-child", "--",
+            setpriv, "--reuid", str(uid), "--regid", str(uid), "--clear-groups", "--no-new-privs",
+            "--pdeathsig", "KILL", *caps, "--"]
+
+
+_NO_CAPS = ["--inh-caps=-all", "--bounding-set=-all"]
+_READ_CAPS = ["--inh-caps=-all,+dac_read_search", "--ambient-caps=+dac_read_search",
+              "--bounding-set=-all,+dac_read_search"]
+
+
+def _probe_namespace() -> dict:
+    if not sys.platform.startswith("linux"):
+        return {"reason": "namespaces need Linux"}
+    if os.geteuid() != 0:
+        return {"reason": "namespaces and a per-slot uid need root"}
+    if not (shutil.which("unshare") and shutil.which("setpriv")):
+        return {"reason": "util-linux unshare/setpriv not found"}
+    limits = SandboxLimits(timeout=20.0, memory_mb=256)
+    # The sandbox must run this very interpreter: one that cannot read its own installation may
+    # still start from another library (a system Python of the same minor version) and differ.
+    program = "import os, sys\ndef f():\n    return sys.version, sys.base_prefix, os.__file__\n"
+    test = f"def check(f):\n    assert f() == {(sys.version, sys.base_prefix, os.__file__)!r}, f()\n"
+    reason = ""
+    for caps in (_NO_CAPS, _READ_CAPS):  # prefer no capability at all
+        r = _run(program, test, "f", limits, ("namespace", caps), None)
+        if r.passed:
+            return {"caps": caps}
+        reason = f"probe run: {r.status}: {r.detail} {r.stderr[-300:]}".strip()
+    return {"reason": reason}
+
+
+def isolation_details() -> dict:
+    """What namespace mode gives on this machine (runs the probe once).
+
+    Returns
+    -------
+    dict
+        ``{"namespace": True, "capabilities": [...]}`` (the capabilities the sandboxed user keeps:
+        ``[]`` or ``["dac_read_search"]``), or ``{"namespace": False, "reason": str}``.
+    """
+    resolve_isolation("auto")
+    if "caps" in _NS_STATE:
+        return {"namespace": True, "capabilities": ["dac_read_search"] if _NS_STATE["caps"] is _READ_CAPS else []}
+    return {"namespace": False, "reason": _NS_STATE["reason"]}
+
+
+def resolve_isolation(isolation: str = "auto") -> str:
+    """The isolation level a run with ``isolation`` gets here.
+
+    Parameters
+    ----------
+    isolation : {"auto", "namespace", "process"}
+        ``"auto"``: namespace mode where available (root, Linux, util-linux ``unshare`` and
+        ``setpriv`` that work: checked once per process with a probe run), else process mode.
+
+    Returns
+    -------
+    str
+        ``"namespace"`` or ``"process"``.
+
+    Raises
+    ------
+    RuntimeError
+        ``isolation="namespace"`` where it is not available (the message says why).
+    """
+    if not isinstance(isolation, str):
+        raise TypeError(f"isolation: expected a str, got {type(isolation).__name__}")
+    if isolation not in ISOLATIONS:
+        raise ValueError(f"isolation: expected one of {', '.join(map(repr, ISOLATIONS))}, got {isolation!r}")
+    if isolation == "process":
+        return "process"
+    with _NS_LOCK:
+        if not _NS_STATE:
+            _NS_STATE.update(_probe_namespace())
+    if "caps" in _NS_STATE:
+        return "namespace"
+    if isolation == "namespace":
+        raise RuntimeError(f"isolation: 'namespace' is not available here: {_NS_STATE['reason']}")
+    return "process"
+
+
+# --------------------------------------------------------------------------------------------
+# Evaluator side
+# --------------------------------------------------------------------------------------------
+
+def run_program(program: str, test: str, entry_point: str, *, timeout: float = 5.0,
+                memory_mb: int = 1024, cpu_seconds: Optional[int] = None, file_mb: int = 16,
+                max_processes: int = 32, output_chars: int = 4000,
+                isolation: str = "auto") -> ExecResult:
+    """Run ``program``, then ``test``, then ``check(<entry_point>)`` in a sandbox.
+
+    Equivalent to HumanEval's ``exec(program + "\\n" + test + "\\n" + f"check({entry_point})")``
+    in a fresh interpreter, except that the program is compiled on its own first (so that a
+    program that does not compile is told apart from a failing one) and its globals form a module
+    named ``__program__`` (so ``if __name__ == "__main__":`` blocks do not run).
+
+    Parameters
+    ----------
+    program : str
+        The program, e.g. a HumanEval ``prompt + completion``.
+    test : str
+        Test source defining ``check(candidate)``, which raises (e.g. ``AssertionError``) on a
+        wrong answer.
+    entry_point : str
+        Name of the function the program defines and ``check`` receives; a Python identifier.
+    timeout, memory_mb, cpu_seconds, file_mb, max_processes, output_chars
+        Resource limits, see :class:`SandboxLimits`.
+    isolation : {"auto", "namespace", "process"}
+        See :func:`resolve_isolation` and the module docstring.
+
+    Returns
+    -------
+    ExecResult
+        Never raises for anything the program does: a program that loops, allocates without
+        bound, crashes, exits, forks or signals is scored, not propagated.
+
+    Raises
+    ------
+    TypeError, ValueError
+        A bad argument (the message names it).
+    RuntimeError
+        ``isolation="namespace"`` where it is not available.
+    """
+    program, test, entry_point = _check_sources(program, test, entry_point)
+    limits = SandboxLimits(timeout=timeout, memory_mb=memory_mb, cpu_seconds=cpu_seconds,
+                           file_mb=file_mb, max_processes=max_processes, output_chars=output_chars)
+    return _run_resolved(program, test, entry_point, limits, resolve_isolation(isolation))
+
+
+def _check_sources(program, test, entry_point):
+    for name, x in (("program", program), ("test", test), ("entry_point", entry_point)):
+        if not isinstance(x, str):
+            raise TypeError(f"{name}: expected a str, got {type(x).__name__}")
+    if not entry_point.isidentifier():
+        raise ValueError(f"entry_point: expected a Python identifier, got {entry_point!r}")
+    return program, test, entry_point
+
+
+def _run_resolved(program: str, test: str, entry_point: str, limits: SandboxLimits, mode: str,
+                  stop: Optional[threading.Event] = None) -> ExecResult:
+    """:func:`run_program` after its checks, ``mode`` from :func:`resolve_isolation`; setting
+    ``stop`` kills the run early (scored ``"error"``)."""
+    if mode == "namespace":
+        return _run(program, test, entry_point, limits, ("namespace", _NS_STATE["caps"]), stop)
+    return _run(program, test, entry_point, limits, ("process", None), stop)
+
+
+_SCRIPT = os.path.abspath(__file__)
+
+
+def _site_packages() -> list:
+    import site
+    return [p for p in site.getsitepackages() if os.path.isdir(p)]
+
+
+def _error(detail, mode):
+    return ExecResult("error", False, 0.0, "", "", detail, None, None, mode)
+
+
+def _run(program, test, entry_point, limits, mode_caps, stop) -> ExecResult:
+    mode, caps = mode_caps
+    if resource is None or not hasattr(os, "waitid"):
+        return _error("the sandbox needs a POSIX system with waitid", mode)
+    if not sys.executable:
+        return _error("sys.executable is unknown: cannot start an interpreter", mode)
+    with _SLOTS.take() as slot:
+        uid = _slot_uid(slot)
+        workdir = tempfile.mkdtemp(prefix="dllm-eval-")
+        try:
+            if mode == "namespace":
+                os.chown(workdir, uid, uid)
+            payload = {
+                "program": program, "test": test, "entry_point": entry_point, "mode": mode,
+                "cpu": limits.cpu_limit, "memory": limits.memory_mb << 20, "fsize": limits.file_mb << 20,
+                "nproc": limits.max_processes, "nofile": _MAX_OPEN_FILES, "site_packages": _site_packages(),
+            }
+            with tempfile.TemporaryFile() as fin, tempfile.TemporaryFile() as fstatus, \
+                    tempfile.TemporaryFile() as fout, tempfile.TemporaryFile() as ferr:
+                fin.write(json.dumps(payload).encode("utf-8"))
+                fin.flush()
+                fin.seek(0)
+                cmd = [sys.executable, "-I", "-S", _SCRIPT, str(fin.fileno()), str(fstatus.fileno())]
+                if mode == "namespace":
+                    cmd = _namespace_prefix(uid, caps) + cmd
+                env = {"PATH": "/usr/local/bin:/usr/bin:/bin",
+                       "HOME": workdir, "TMPDIR": workdir, "LANG": "C.UTF-8", "LC_ALL": "C.UTF-8",
+                       "OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+                t0 = time.monotonic()
+                try:
+                    proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=fout, stderr=ferr,
+                                            pass_fds=(fin.fileno(), fstatus.fileno()), cwd=workdir,
+                                            env=env, start_new_session=True)
+                except OSError as e:
+                    return _error(f"could not start the sandbox: {e}", mode)
+                killed = _wait(proc, t0 + limits.timeout, stop, uid if mode == "namespace" else None)
+                duration = time.monotonic() - t0
+                records = _records(fstatus)
+                stdout = _head(fout, limits.output_chars)
+                stderr = _tail(ferr, limits.output_chars)
+        finally:
+            shutil.rmtree(workdir, onerror=_force_remove)
+    return _classify(killed, stop, proc.returncode, records, stdout, stderr, duration, limits, mode)
+
+
+def _wait(proc: subprocess.Popen, deadline: float, stop, uid: Optional[int]) -> bool:
+    """Wait for the sandbox until ``deadline``; kill its process group; reap it; wait until its
+    processes (all of ``uid``'s if given) are gone. True if killed on the deadline or ``stop``."""
+    killed = False
+    try:  # a pidfd turns readable when the process exits: no polling delay (Linux >= 5.3)
+        pidfd = os.pidfd_open(proc.pid)
+    except (AttributeError, OSError):
+        pidfd = None
+    try:
+        delay = 0.002
+        while True:
+            try:
+                # WNOWAIT: the exited leader stays a zombie, so its pid (= the process group id)
+                # cannot be reused before the group is killed below.
+                if os.waitid(os.P_PID, proc.pid, os.WEXITED | os.WNOHANG | os.WNOWAIT) is not None:
+                    break
+            except ChildProcessError:  # someone else reaped it (SIGCHLD ignored in this process)
+                break
+            now = time.monotonic()
+            if now >= deadline or (stop is not None and stop.is_set()):
+                killed = True
+                break
+            if pidfd is not None:  # wake on exit; every 0.1 s to look at `stop`
+                select.select([pidfd], [], [], min(0.1, deadline - now))
+            else:
+                time.sleep(min(delay, deadline - now))
+                delay = min(delay * 1.5, 0.02)
+    finally:
+        if pidfd is not None:
+            os.close(pidfd)
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(proc.pid, signal.SIGKILL)
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.kill(proc.pid, signal.SIGKILL)  # the leader, had it left its group
+    try:
+        _, status = os.waitpid(proc.pid, 0)
+        proc.returncode = os.waitstatus_to_exitcode(status)
+    except ChildProcessError:
+        proc.returncode = None
+    # SIGKILLed processes die asynchronously; a namespace's init waits for its members, but nobody
+    # waits for a killed init. Return only when they are gone (or after 2 s, in case one hangs in
+    # the kernel), so that no process outlives its run and a slot's uid is free when reused.
+    give_up = time.monotonic() + 2.0
+    while _lingering(proc.pid, uid) and time.monotonic() < give_up:
+        time.sleep(0.005)
+    return killed
+
+
+def _lingering(pgid: int, uid: Optional[int]) -> bool:
+    """Whether a live (not zombie) process of the run remains: one of the slot's ``uid`` in
+    namespace mode (the uid is the run's alone), one in the process group ``pgid`` otherwise."""
+    if not os.path.isdir("/proc/self"):
+        return False
+    for d in os.listdir("/proc"):
+        if not d.isdigit():
+            continue
+        try:
+            with open(f"/proc/{d}/stat", "rb") as f:
+                stat = f.read()
+            fields = stat[stat.rfind(b")") + 2:].split()  # after "pid (comm) "
+            if fields[0] == b"Z":
+                continue
+            if uid is None and int(fields[2]) == pgid:
+                return True
+            if uid is not None:  # the real uid (the owner of /proc/PID follows "dumpable")
+                with open(f"/proc/{d}/status", "rb") as f:
+                    if int(f.read().split(b"\nUid:", 1)[1].split()[0]) == uid:
+                        return True
+        except (OSError, IndexError, ValueError):
+            continue
+    return False
+
+
+def _records(f) -> dict:
+    """The last worker outcome and supervisor exit records written to the status channel."""
+    f.seek(0)
+    out = {}
+    for line in f.read(1 << 20).decode("utf-8", "replace").splitlines():
+        with contextlib.suppress(ValueError):
+            rec = json.loads(line)
+            if isinstance(rec, dict) and rec.get("kind") in ("outcome", "exit"):
+                out[rec["kind"]] = rec
+    return out
+
+
+def _head(f, n: int) -> str:
+    f.seek(0)
+    data = f.read(4 * n + 4)
+    text = data.decode("utf-8", "replace")
+    size = os.fstat(f.fileno()).st_size
+    if len(text) > n or size > len(data):
+        return text[:n] + f"\n...[stdout truncated: {size} bytes in all]"
+    return text
+
+
+def _tail(f, n: int) -> str:
+    size = os.fstat(f.fileno()).st_size
+    f.seek(max(0, size - 4 * n - 4))
+    text = f.read().decode("utf-8", "replace")
+    if len(text) > n or size > 4 * n + 4:
+        return f"[stderr truncated: {size} bytes in all]...\n" + (text[-n:] if n else "")
+    return text
+
+
+def _force_remove(func, path, exc_info):
+    # The program may have made a directory unreadable; as its owner we may chmod it back.
+    with contextlib.suppress(OSError):
+        os.chmod(os.path.dirname(path), 0o700)
+        os.chmod(path, 0o700)
+    with contextlib.suppress(OSError):
+        func(path)
+
+
+def _signame(sig: int) -> str:
+    try:
+        return signal.Signals(sig).name
+    except ValueError:
+        return f"signal {sig}"
+
+
+def _classify(killed, stop, sandbox_rc, records, stdout, stderr, duration, limits, mode) -> ExecResult:
+    def result(status, detail, rc=None, cpu=None):
+        return ExecResult(status, status == "passed", duration, stdout, stderr, detail, rc, cpu, mode)
+
+    if killed:
+        if stop is not None and stop.is_set():
+            return result("error", "stopped: the evaluation was interrupted")
+        return result("timeout", f"wall-clock limit of {limits.timeout:g} s")
+    exit_rec, outcome = records.get("exit"), records.get("outcome")
+    if exit_rec is None:
+        # The supervisor did not finish: it could not start (bad interpreter, namespaces refused)
+        # or was killed from outside.
+        how = f"exit code {sandbox_rc}" if sandbox_rc is None or sandbox_rc >= 0 else f"killed by {_signame(-sandbox_rc)}"
+        return result("error", f"the sandbox did not report ({how})")
+    rc, cpu = exit_rec.get("returncode"), exit_rec.get("cpu")
+    if outcome is not None and outcome.get("status") in STATUSES:
+        return result(outcome["status"], str(outcome.get("detail", "")), rc, cpu)
+    if rc is not None and rc < 0:  # killed before it could report
+        sig = -rc
+        if sig == signal.SIGXCPU or (sig == signal.SIGKILL and cpu is not None and cpu >= limits.cpu_limit - 0.05):
+            return result("timeout", f"CPU-time limit of {limits.cpu_limit} s", rc, cpu)
+        if any(w in stderr for w in _MEMORY_WORDS):
+            return result("memory", f"killed by {_signame(sig)} after running out of memory", rc, cpu)
+        return result("failed", f"killed by {_signame(sig)}", rc, cpu)
+    return result("failed", f"the program exited (code {rc}) before the tests finished", rc, cpu)
