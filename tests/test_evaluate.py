@@ -40,8 +40,8 @@ def _run(program, test=SQUARE_TEST, entry="square", **kw):
     return run_program(program, test, entry, **kw)
 
 
-def _sandbox_uid_processes():
-    """Pids of live processes whose real uid lies in the sandbox range."""
+def _sandbox_uid_processes(lo=sandbox.SANDBOX_UID_BASE, hi=sandbox.SANDBOX_UID_BASE + sandbox.SANDBOX_UID_SPAN):
+    """Pids of live (not zombie) processes whose real uid lies in [lo, hi), the sandbox's range."""
     found = []
     for d in os.listdir("/proc"):
         if not d.isdigit():
@@ -52,8 +52,7 @@ def _sandbox_uid_processes():
         except OSError:
             continue
         uid = int(fields["Uid"].split()[0])
-        if sandbox.SANDBOX_UID_BASE <= uid < sandbox.SANDBOX_UID_BASE + sandbox.SANDBOX_UID_SPAN \
-                and not fields.get("State", "").strip().startswith("Z"):
+        if lo <= uid < hi and not fields.get("State", "").strip().startswith("Z"):
             found.append(int(d))
     return found
 
@@ -371,6 +370,53 @@ def test_user_task_count_for_the_non_root_nproc_limit():
             p.kill()
             p.wait()
     assert sandbox._user_tasks(uid) == 0
+
+
+NON_ROOT_SCRIPT = r"""
+import importlib.util, json, os, sys
+spec = importlib.util.spec_from_file_location("sandbox_as_user", sys.argv[1])
+sb = sys.modules["sandbox_as_user"] = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(sb)
+test = "def check(candidate):\n    assert candidate(3) == 9\n"
+read_only = ("import os\nos.makedirs('ro/sub')\nopen('ro/sub/f', 'w').write('x')\n"
+             "os.chmod('ro/sub', 0o500)\nos.chmod('ro', 0o500)\nprint(os.getcwd())\n"
+             "def square(x):\n    return x * x\n")
+forks = ("import os, time\ndef square(x):\n    n = 0\n    try:\n        for _ in range(300):\n"
+         "            if os.fork() == 0:\n                time.sleep(60)\n                os._exit(0)\n"
+         "            n += 1\n    except BlockingIOError:\n        pass\n    print(n)\n    return x * x\n")
+out = {"uid": os.getuid(), "mode": sb.resolve_isolation("auto")}
+r = sb.run_program(read_only, test, "square", isolation="process")
+out["ro"] = [r.status, r.stdout.strip(), os.path.exists(r.stdout.strip())]
+r = sb.run_program(forks, test, "square", max_processes=8, isolation="process")
+out["forks"] = [r.status, r.stdout.strip()]
+print(json.dumps(out))
+"""
+
+
+@pytest.mark.skipif(os.geteuid() != 0 or not sandbox.shutil.which("setpriv"), reason="needs root and setpriv")
+def test_process_mode_under_a_non_root_evaluator(tmp_path):
+    # The evaluator as an ordinary user (the interpreter under /root stays readable through
+    # CAP_DAC_READ_SEARCH, which does not allow writes): RLIMIT_NPROC then holds in process mode,
+    # and a tree the program made read-only is still removed.
+    uid = sandbox.SANDBOX_UID_BASE - 11
+    script = tmp_path / "as_user.py"
+    script.write_text(NON_ROOT_SCRIPT)
+    os.chmod(tmp_path, 0o755)
+    proc = subprocess.run(
+        ["setpriv", "--reuid", str(uid), "--regid", str(uid), "--clear-groups", "--inh-caps=+dac_read_search",
+         "--ambient-caps=+dac_read_search", sys.executable, "-I", str(script), sandbox.__file__],
+        capture_output=True, text=True, timeout=60, cwd="/tmp")
+    assert proc.returncode == 0, proc.stderr
+    out = json_loads_last_line(proc.stdout)
+    assert out["uid"] == uid and out["mode"] == "process"  # no namespaces without root
+    assert out["ro"][0] == "passed" and out["ro"][2] is False, out
+    assert out["forks"] == ["passed", "7"], out  # 8 with the worker: the evaluator and supervisor not counted
+    assert _sandbox_uid_processes(uid, uid + 1) == []  # the sleepers died with the process group
+
+
+def json_loads_last_line(text):
+    import json
+    return json.loads(text.strip().splitlines()[-1])
 
 
 def test_stop_event_kills_a_running_sandbox():

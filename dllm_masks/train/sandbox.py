@@ -598,7 +598,7 @@ def _run(program, test, entry_point, limits, mode_caps, stop) -> ExecResult:
                 stdout = _head(fout, limits.output_chars)
                 stderr = _tail(ferr, limits.output_chars)
         finally:
-            shutil.rmtree(workdir, onerror=_force_remove)
+            _remove_tree(workdir)
     return _classify(killed, stop, proc.returncode, records, stdout, stderr, duration, limits, mode)
 
 
@@ -706,13 +706,20 @@ def _tail(f, n: int) -> str:
     return text
 
 
-def _force_remove(func, path, exc_info):
-    # The program may have made a directory unreadable; as its owner we may chmod it back.
-    with contextlib.suppress(OSError):
-        os.chmod(os.path.dirname(path), 0o700)
-        os.chmod(path, 0o700)
-    with contextlib.suppress(OSError):
-        func(path)
+def _remove_tree(path: str) -> None:
+    try:
+        shutil.rmtree(path)
+    except OSError:
+        # The program made a directory unreadable or read-only (only an obstacle for a non-root
+        # evaluator): as the owner, give every directory its permissions back, then remove.
+        stack = [path]
+        while stack:
+            d = stack.pop()
+            with contextlib.suppress(OSError):
+                os.chmod(d, 0o700)
+                with os.scandir(d) as entries:
+                    stack.extend(e.path for e in entries if e.is_dir(follow_symlinks=False))
+        shutil.rmtree(path, ignore_errors=True)
 
 
 def _signame(sig: int) -> str:
