@@ -1,0 +1,566 @@
+"""``dllm_masks::priority_mask`` on CUDA: the Triton kernels and their launcher.
+
+Bit-identical to :func:`dllm_masks.reference.priority_mask_ref` (DESIGN §5): the same Philox
+counter layout (§4), integer thresholds, and the rates of §3 solved in float64 with exactly the
+operations of :mod:`dllm_masks.rates`, each rounded on its own (launched with
+``enable_fp_fusion=False``; float64 ``/`` lowers to ``div.rn.f64``).
+
+Work decomposition (no host sync, so CUDA graphs can capture it):
+
+* A *segment* (a sequence, or a block of ``block_size`` positions) is cut into *chunks* of
+  ``CHUNK`` tokens aligned to its first token. Segment s owns the program ids
+  ``[P_s, P_{s+1})`` with ``P_s = start_s // CHUNK + s``, which is at least one more than it needs
+  (``ceil(len_s / CHUNK)``, one for an empty segment), so the grid ``T // CHUNK + S`` is known
+  on the host without reading ``cu_seqlens``; programs past their segment's last chunk idle.
+* Launch 1, ``_stats_kernel``: each program finds its segment by a binary search over ``P``,
+  records it for launch 2, and, for segments longer than one chunk, writes its chunk's counts
+  (maskable, priority). With ``exact``, the first chunk of such a segment also runs the whole
+  segment's selection (below) and writes the two cut keys.
+* Launch 2, ``_mask_kernel``: counts (its own chunk when the segment is one chunk, else the sum of
+  launch 1's partial counts), solves (q0, q1) in float64, then draws Philox for four tokens per
+  call and writes both views: noisy ids, masks, labels and loss weights.
+
+``sampling="exact"``: within each group (priority or not) of a segment the k smallest keys
+``(r << 31) | j`` (r the stream-1 draw, j the position: ties go to the lower position, as in the
+reference's stable sort) are masked. The k-th key is found by a radix select with 2-bit digits
+(counts per digit, then narrowing the prefix), and a token is masked iff its key is below it.
+"""
+from __future__ import annotations
+
+import math
+import struct
+from typing import NamedTuple, Optional
+
+import torch
+import triton
+import triton.language as tl
+
+from .philox import STREAM_BERNOULLI, STREAM_SELECT, philox_quads, pick_word, split_u64
+
+__all__ = ["priority_mask_triton", "launch_settings", "LaunchSettings"]
+
+IGNORE_INDEX: tl.constexpr = tl.constexpr(-100)
+KEY_ALL: tl.constexpr = tl.constexpr(0x7FFFFFFFFFFFFFFF)  # above every key: the whole group is masked
+PARTIALS: tl.constexpr = tl.constexpr(256)  # partial counts summed per step
+
+# How the rates are solved (DESIGN §3), chosen on the host from w like rates._solve does.
+W_ONE, W_INF, W_ZERO, W_ABOVE_ONE, W_BELOW_ONE = 0, 1, 2, 3, 4
+
+# Float literals in the kernels are only 0.0, 0.5, 1.0 and 2^32: Triton types a Python float as
+# float32 before widening it, which is exact for these and would not be for others.
+
+
+# ---------------------------------------------------------------------------------------------
+# Device helpers
+# ---------------------------------------------------------------------------------------------
+@triton.jit
+def _solve_rates(n, n1, s, w, w_mode):
+    """(q0, q1) of one segment, float64, mirroring ``rates._solve`` operation for operation.
+
+    n, n1: int64 scalars (maskable, maskable priority); s: σ as float64; w: the weight, float64;
+    w_mode: which branch of DESIGN §3 w selects (W_ONE … W_BELOW_ONE, chosen on the host).
+    Denominators that are zero only where the result is overridden below (n0 = 0, n1 = 0, N = 0)
+    are replaced by 1 so that no division by zero happens at all.
+    """
+    N = n.to(tl.float64)
+    n1f = n1.to(tl.float64)
+    n0f = N - n1f
+    K = s * N
+    n1d = tl.where(n1 == 0, 1.0, n1f)
+    n0d = tl.where(n1 == n, 1.0, n0f)
+    q0 = s  # w == 1
+    q1 = s
+    if w_mode == 1:  # w == inf
+        q1 = tl.minimum(K / n1d, 1.0)
+        q0 = tl.maximum((K - n1f) / n0d, 0.0)
+    elif w_mode == 2:  # w == 0
+        q0 = tl.minimum(K / n0d, 1.0)
+        q1 = tl.maximum((K - n0f) / n1d, 0.0)
+    elif w_mode >= 3:
+        den = n1f * w + n0f  # a multiply, then an add (no fma: enable_fp_fusion=False)
+        p = K / tl.where(n == 0, 1.0, den)
+        wp = p * w
+        if w_mode == 3:  # w > 1: the priority rate clips first
+            keep = wp <= 1.0
+            q0 = tl.where(keep, p, (K - n1f) / n0d)
+            q1 = tl.where(keep, wp, 1.0)
+        else:  # 0 < w < 1: the base rate clips first
+            keep = p <= 1.0
+            q0 = tl.where(keep, p, 1.0)
+            q1 = tl.where(keep, wp, (K - n0f) / n1d)
+    uniform = (n1 == 0) | (n1 == n)
+    q0 = tl.where(uniform, s, q0)
+    q1 = tl.where(uniform, s, q1)
+    q0 = tl.where(n == 0, 0.0, q0)
+    q1 = tl.where(n == 0, 0.0, q1)
+    return q0, q1
+
+
+@triton.jit
+def _exact_counts(n, n1, s, q1):
+    """(k0, k1) of ``sampling="exact"``, mirroring ``rates.exact_counts`` (int64 scalars).
+
+    floor(x) of the non-negative x here is its truncation toward zero, i.e. ``.to(tl.int64)``.
+    """
+    N = n.to(tl.float64)
+    n1f = n1.to(tl.float64)
+    n0f = N - n1f
+    K = s * N
+    k = (K + 0.5).to(tl.int64).to(tl.float64)
+    k1 = (q1 * n1f + 0.5).to(tl.int64).to(tl.float64)
+    lo = tl.maximum(k - n0f, 0.0)
+    hi = tl.minimum(n1f, k)
+    k1 = tl.minimum(tl.maximum(k1, lo), hi)
+    return (k - k1).to(tl.int64), k1.to(tl.int64)
+
+
+@triton.jit
+def _tile(qb, cu_b, jlo, jhi, plen_b, mk_ptr, prio_ptr,
+          G: tl.constexpr, HAS_PRIO: tl.constexpr, HAS_MASKABLE: tl.constexpr, HAS_PROMPT: tl.constexpr):
+    """One tile of G Philox groups (4·G positions) starting at group ``qb`` of a sequence.
+
+    Returns (quad [G,1], lane [1,4], j [G,4], t [G,4], valid, maskable, priority ∧ maskable):
+    positions j, token indices t = cu_b + j, and which of them lie in [jlo, jhi).
+    """
+    quad = qb + tl.arange(0, G)[:, None].to(tl.int64)
+    lane = tl.arange(0, 4)[None, :].to(tl.int64)
+    j = quad * 4 + lane
+    valid = (j >= jlo) & (j < jhi)
+    t = cu_b + j
+    if HAS_MASKABLE:
+        mk = (tl.load(mk_ptr + t, mask=valid, other=0) != 0) & valid
+    elif HAS_PROMPT:
+        mk = valid & (j >= plen_b)
+    else:
+        mk = valid
+    if HAS_PRIO:
+        pr = (tl.load(prio_ptr + t, mask=valid, other=0) != 0) & mk
+    else:
+        pr = mk & (j < 0)
+    return quad, lane, j, t, valid, mk, pr
+
+
+@triton.jit
+def _count(lo, hi, cu_b, plen_b, mk_ptr, prio_ptr,
+           G: tl.constexpr, HAS_PRIO: tl.constexpr, HAS_MASKABLE: tl.constexpr, HAS_PROMPT: tl.constexpr):
+    """(maskable, maskable priority) counts of the tokens [lo, hi) of the sequence starting at cu_b."""
+    jlo = lo - cu_b
+    jhi = hi - cu_b
+    n = cu_b * 0
+    n1 = cu_b * 0
+    qb = jlo >> 2
+    while qb < (jhi + 3) >> 2:
+        quad, lane, j, t, valid, mk, pr = _tile(qb, cu_b, jlo, jhi, plen_b, mk_ptr, prio_ptr,
+                                                G, HAS_PRIO, HAS_MASKABLE, HAS_PROMPT)
+        n += tl.sum(mk.to(tl.int32)).to(tl.int64)
+        n1 += tl.sum(pr.to(tl.int32)).to(tl.int64)
+        qb += G
+    return n, n1
+
+
+@triton.jit
+def _select_keys(quad, lane, j, key_lo, key_hi, k0, k1):
+    """Selection keys (r << 31) | j of ``sampling="exact"`` (int64, ≥ 0, distinct within a sequence)."""
+    w0, w1, w2, w3 = philox_quads(quad, key_lo, key_hi, STREAM_SELECT, k0, k1)
+    r = pick_word(w0, w1, w2, w3, lane)
+    return (r.to(tl.int64) << 31) | j
+
+
+@triton.jit
+def _radix_step(rank, bucket, prefix, psh, c1, c2, c3, d, refine):
+    """Narrow one group's prefix by the 2-bit digit at shift d, given the cumulative digit counts
+    c1, c2, c3 (tokens of the bucket with digit < 1, < 2, < 3). Unchanged where not ``refine``."""
+    dig = (rank >= c1).to(tl.int64) + (rank >= c2).to(tl.int64) + (rank >= c3).to(tl.int64)
+    base = tl.where(dig == 0, 0, tl.where(dig == 1, c1, tl.where(dig == 2, c2, c3)))
+    upper = tl.where(dig == 0, c1, tl.where(dig == 1, c2, tl.where(dig == 2, c3, bucket)))
+    rank = tl.where(refine, rank - base, rank)
+    bucket = tl.where(refine, upper - base, bucket)
+    prefix = tl.where(refine, prefix * 4 + dig, prefix)
+    psh = tl.where(refine, d, psh)
+    return rank, bucket, prefix, psh
+
+
+@triton.jit
+def _select_cuts(lo, hi, cu_b, plen_b, mk_ptr, prio_ptr, key_lo, key_hi, k0, k1, kk0, kk1, m0, m1,
+                 G: tl.constexpr, HAS_PRIO: tl.constexpr, HAS_MASKABLE: tl.constexpr, HAS_PROMPT: tl.constexpr):
+    """Cut keys (c0, c1) of one segment [lo, hi): a maskable token of group g is masked iff key < c_g.
+
+    kk_g tokens are to be masked out of the m_g maskable tokens of group g (0 = others,
+    1 = priority). c_g is the key of rank kk_g (0-based) in the group, found by a radix select
+    over the 64-bit keys (bit 63 is always 0), two bits per pass over the segment, until the
+    candidate bucket holds one key, then one pass for that key.
+    """
+    jlo = lo - cu_b
+    jhi = hi - cu_b
+    zero = cu_b * 0
+    act0 = (kk0 > 0) & (kk0 < m0)
+    act1 = (kk1 > 0) & (kk1 < m1)
+    rank0 = kk0 + zero
+    rank1 = kk1 + zero
+    bucket0 = m0 + zero
+    bucket1 = m1 + zero
+    prefix0 = zero
+    prefix1 = zero
+    psh0 = zero + 63  # key >> 63 == 0 == prefix for every key
+    psh1 = zero + 63
+    d = zero + 62
+    while ((act0 & (bucket0 > 1)) | (act1 & (bucket1 > 1))) & (d >= 0):
+        a1 = zero
+        a2 = zero
+        a3 = zero
+        b1 = zero
+        b2 = zero
+        b3 = zero
+        qb = jlo >> 2
+        while qb < (jhi + 3) >> 2:
+            quad, lane, j, t, valid, mk, pr = _tile(qb, cu_b, jlo, jhi, plen_b, mk_ptr, prio_ptr,
+                                                    G, HAS_PRIO, HAS_MASKABLE, HAS_PROMPT)
+            key = _select_keys(quad, lane, j, key_lo, key_hi, k0, k1)
+            dig = (key >> d) & 3
+            in0 = mk & (~pr) & ((key >> psh0) == prefix0)
+            in1 = pr & ((key >> psh1) == prefix1)
+            a1 += tl.sum((in0 & (dig < 1)).to(tl.int32)).to(tl.int64)
+            a2 += tl.sum((in0 & (dig < 2)).to(tl.int32)).to(tl.int64)
+            a3 += tl.sum((in0 & (dig < 3)).to(tl.int32)).to(tl.int64)
+            b1 += tl.sum((in1 & (dig < 1)).to(tl.int32)).to(tl.int64)
+            b2 += tl.sum((in1 & (dig < 2)).to(tl.int32)).to(tl.int64)
+            b3 += tl.sum((in1 & (dig < 3)).to(tl.int32)).to(tl.int64)
+            qb += G
+        rank0, bucket0, prefix0, psh0 = _radix_step(rank0, bucket0, prefix0, psh0, a1, a2, a3, d,
+                                                    act0 & (bucket0 > 1))
+        rank1, bucket1, prefix1, psh1 = _radix_step(rank1, bucket1, prefix1, psh1, b1, b2, b3, d,
+                                                    act1 & (bucket1 > 1))
+        d -= 2
+    c0 = tl.where(kk0 > 0, KEY_ALL, 0) + zero
+    c1 = tl.where(kk1 > 0, KEY_ALL, 0) + zero
+    if act0 | act1:  # the one key left in each bucket
+        qb = jlo >> 2
+        while qb < (jhi + 3) >> 2:
+            quad, lane, j, t, valid, mk, pr = _tile(qb, cu_b, jlo, jhi, plen_b, mk_ptr, prio_ptr,
+                                                    G, HAS_PRIO, HAS_MASKABLE, HAS_PROMPT)
+            key = _select_keys(quad, lane, j, key_lo, key_hi, k0, k1)
+            in0 = act0 & mk & (~pr) & ((key >> psh0) == prefix0)
+            in1 = act1 & pr & ((key >> psh1) == prefix1)
+            c0 = tl.minimum(c0, tl.min(tl.where(in0, key, KEY_ALL)))
+            c1 = tl.minimum(c1, tl.min(tl.where(in1, key, KEY_ALL)))
+            qb += G
+    return c0, c1
+
+
+@triton.jit
+def _segment(s, segstart_ptr, segseq_ptr, cu_ptr, CHUNK: tl.constexpr, SEG_IS_SEQ: tl.constexpr):
+    """(start, end, sequence, sequence start, P_s, chunks) of segment s (int64 scalars)."""
+    seg_lo = tl.load(segstart_ptr + s).to(tl.int64)
+    seg_hi = tl.load(segstart_ptr + s + 1).to(tl.int64)
+    if SEG_IS_SEQ:
+        b = s
+    else:
+        b = tl.load(segseq_ptr + s).to(tl.int64)
+    cu_b = tl.load(cu_ptr + b).to(tl.int64)
+    first = seg_lo // CHUNK + s
+    nch = tl.maximum((seg_hi - seg_lo + CHUNK - 1) // CHUNK, 1)
+    return seg_lo, seg_hi, b, cu_b, first, nch
+
+
+@triton.jit
+def _sequence_key(b, rng_ptr, sid_ptr, has_sid):
+    """Philox key words (k0, k1) of the seed and counter words (lo, hi) of sequence b's key:
+    ``sample_ids[b]`` if given, else ``seq_offset + b`` (DESIGN §4), as uint64 bits."""
+    k0, k1 = split_u64(tl.load(rng_ptr))
+    key = tl.load(rng_ptr + 1).to(tl.uint64, bitcast=True) + b.to(tl.uint64)
+    if has_sid != 0:
+        key = tl.load(sid_ptr + b).to(tl.uint64, bitcast=True)
+    key_lo, key_hi = split_u64(key)
+    return k0, k1, key_lo, key_hi
+
+
+@triton.jit
+def _rates_of(s, n, n1, sigma_ptr, sigma_stride, w_bits, w_mode):
+    """σ of segment s (widened to float64) and its (q0, q1)."""
+    sig = tl.load(sigma_ptr + s * sigma_stride).to(tl.float64)
+    w = w_bits.to(tl.int64).to(tl.float64, bitcast=True)
+    q0, q1 = _solve_rates(n, n1, sig, w, w_mode)
+    return sig, q0, q1
+
+
+# ---------------------------------------------------------------------------------------------
+# Kernels. Runtime flags (w_mode, sigma_stride, has_sid, lw_mode) steer per-program scalar work
+# only; what changes the per-token loop is a constexpr. Fewer variants compile that way.
+# ---------------------------------------------------------------------------------------------
+@triton.jit(do_not_specialize=["S", "w_bits", "w_mode", "sigma_stride", "has_sid"])
+def _stats_kernel(
+    cu_ptr, segstart_ptr, segseq_ptr, sigma_ptr, prio_ptr, mk_ptr, plen_ptr, sid_ptr, rng_ptr,
+    prog_seg_ptr, partial_ptr, cut_ptr,
+    S, w_bits, w_mode, sigma_stride, has_sid,
+    CHUNK: tl.constexpr, G: tl.constexpr, SEG_IS_SEQ: tl.constexpr,
+    HAS_PRIO: tl.constexpr, HAS_MASKABLE: tl.constexpr, HAS_PROMPT: tl.constexpr, EXACT: tl.constexpr,
+):
+    """Launch 1: program → segment map, partial counts of multi-chunk segments, their exact cuts."""
+    pid = tl.program_id(0).to(tl.int64)
+    # Largest s with P_s <= pid (P is strictly increasing and P_0 = 0).
+    lo = pid * 0
+    hi = S.to(tl.int64) - 1 + lo
+    while lo < hi:
+        mid = (lo + hi + 1) // 2
+        ok = tl.load(segstart_ptr + mid).to(tl.int64) // CHUNK + mid <= pid
+        lo = tl.where(ok, mid, lo)
+        hi = tl.where(ok, hi, mid - 1)
+    s = lo
+    seg_lo, seg_hi, b, cu_b, first, nch = _segment(s, segstart_ptr, segseq_ptr, cu_ptr, CHUNK, SEG_IS_SEQ)
+    c = pid - first
+    if c >= nch:
+        tl.store(prog_seg_ptr + pid, -1)
+    else:
+        tl.store(prog_seg_ptr + pid, s.to(tl.int32))
+        if nch > 1:
+            plen_b = 0
+            if HAS_PROMPT:
+                plen_b = tl.load(plen_ptr + b)
+            lo_t = seg_lo + c * CHUNK
+            hi_t = tl.minimum(lo_t + CHUNK, seg_hi)
+            n, n1 = _count(lo_t, hi_t, cu_b, plen_b, mk_ptr, prio_ptr, G, HAS_PRIO, HAS_MASKABLE, HAS_PROMPT)
+            tl.store(partial_ptr + pid, n | (n1 << 32))
+            if EXACT:
+                if c == 0:
+                    n, n1 = _count(seg_lo, seg_hi, cu_b, plen_b, mk_ptr, prio_ptr,
+                                   G, HAS_PRIO, HAS_MASKABLE, HAS_PROMPT)
+                    sig, q0, q1 = _rates_of(s, n, n1, sigma_ptr, sigma_stride, w_bits, w_mode)
+                    kk0, kk1 = _exact_counts(n, n1, sig, q1)
+                    k0, k1, key_lo, key_hi = _sequence_key(b, rng_ptr, sid_ptr, has_sid)
+                    cut0, cut1 = _select_cuts(seg_lo, seg_hi, cu_b, plen_b, mk_ptr, prio_ptr, key_lo, key_hi,
+                                              k0, k1, kk0, kk1, n - n1, n1,
+                                              G, HAS_PRIO, HAS_MASKABLE, HAS_PROMPT)
+                    tl.store(cut_ptr + 2 * s, cut0)
+                    tl.store(cut_ptr + 2 * s + 1, cut1)
+
+
+@triton.jit(do_not_specialize=["T", "S", "w_bits", "w_mode", "sigma_stride", "has_sid", "lw_mode", "mask_id"])
+def _mask_kernel(
+    ids_ptr, cu_ptr, segstart_ptr, segseq_ptr, sigma_ptr, prio_ptr, mk_ptr, plen_ptr, sid_ptr, rng_ptr,
+    noisy_ptr, masked_ptr, labels_ptr, lw_ptr, rates_ptr, prog_seg_ptr, partial_ptr, cut_ptr,
+    T, S, w_bits, w_mode, sigma_stride, has_sid, lw_mode, mask_id,
+    CHUNK: tl.constexpr, G: tl.constexpr, SEG_IS_SEQ: tl.constexpr,
+    HAS_PRIO: tl.constexpr, HAS_MASKABLE: tl.constexpr, HAS_PROMPT: tl.constexpr, EXACT: tl.constexpr,
+    COMPLEMENT: tl.constexpr, HAS_LW: tl.constexpr,
+):
+    """Launch 2: rates of the program's segment, then its chunk's masks and both views."""
+    pid = tl.program_id(0).to(tl.int64)
+    s = tl.load(prog_seg_ptr + pid).to(tl.int64)
+    if s >= 0:
+        seg_lo, seg_hi, b, cu_b, first, nch = _segment(s, segstart_ptr, segseq_ptr, cu_ptr, CHUNK, SEG_IS_SEQ)
+        c = pid - first
+        plen_b = 0
+        if HAS_PROMPT:
+            plen_b = tl.load(plen_ptr + b)
+        if nch == 1:
+            n, n1 = _count(seg_lo, seg_hi, cu_b, plen_b, mk_ptr, prio_ptr, G, HAS_PRIO, HAS_MASKABLE, HAS_PROMPT)
+        else:
+            acc = pid * 0
+            i0 = pid * 0
+            while i0 < nch:
+                i = i0 + tl.arange(0, PARTIALS).to(tl.int64)
+                acc += tl.sum(tl.load(partial_ptr + first + i, mask=i < nch, other=0))
+                i0 += PARTIALS
+            n1 = acc >> 32
+            n = acc - (n1 << 32)
+        sig, q0, q1 = _rates_of(s, n, n1, sigma_ptr, sigma_stride, w_bits, w_mode)
+        if c == 0:
+            tl.store(rates_ptr + 2 * s, q0)
+            tl.store(rates_ptr + 2 * s + 1, q1)
+        k0, k1, key_lo, key_hi = _sequence_key(b, rng_ptr, sid_ptr, has_sid)
+        if EXACT:
+            if nch == 1:
+                kk0, kk1 = _exact_counts(n, n1, sig, q1)
+                cut0, cut1 = _select_cuts(seg_lo, seg_hi, cu_b, plen_b, mk_ptr, prio_ptr, key_lo, key_hi,
+                                          k0, k1, kk0, kk1, n - n1, n1, G, HAS_PRIO, HAS_MASKABLE, HAS_PROMPT)
+            else:
+                cut0 = tl.load(cut_ptr + 2 * s)
+                cut1 = tl.load(cut_ptr + 2 * s + 1)
+        else:
+            cut0 = (q0 * 4294967296.0).to(tl.int64)  # T = floor(q·2^32): q ≥ 0, so truncation is floor
+            cut1 = (q1 * 4294967296.0).to(tl.int64)
+        if HAS_LW:  # "sigma": 1/σ and 1/(1-σ); "token": 1/q_i and 1/(1-q_i)
+            qa0 = q0
+            qa1 = q1
+            if lw_mode == 1:
+                qa0 = sig
+                qa1 = sig
+            lw00 = (1.0 / qa0).to(tl.float32)
+            lw01 = (1.0 / qa1).to(tl.float32)
+            lw10 = (1.0 / (1.0 - qa0)).to(tl.float32)
+            lw11 = (1.0 / (1.0 - qa1)).to(tl.float32)
+
+        lo_t = seg_lo + c * CHUNK
+        hi_t = tl.minimum(lo_t + CHUNK, seg_hi)
+        jlo = lo_t - cu_b
+        jhi = hi_t - cu_b
+        qb = jlo >> 2
+        while qb < (jhi + 3) >> 2:
+            quad, lane, j, t, valid, mk, pr = _tile(qb, cu_b, jlo, jhi, plen_b, mk_ptr, prio_ptr,
+                                                    G, HAS_PRIO, HAS_MASKABLE, HAS_PROMPT)
+            if EXACT:
+                key = _select_keys(quad, lane, j, key_lo, key_hi, k0, k1)
+            else:
+                w0, w1, w2, w3 = philox_quads(quad, key_lo, key_hi, STREAM_BERNOULLI, k0, k1)
+                key = pick_word(w0, w1, w2, w3, lane).to(tl.int64)
+            sel = key < tl.where(pr, cut1, cut0)
+            m_a = mk & sel
+            ids = tl.load(ids_ptr + t, mask=valid, other=0)
+            mid = ids * 0 + mask_id
+            tl.store(noisy_ptr + t, tl.where(m_a, mid, ids), mask=valid)
+            tl.store(masked_ptr + t, m_a, mask=valid)
+            tl.store(labels_ptr + t, tl.where(m_a, ids.to(tl.int64), IGNORE_INDEX), mask=valid)
+            if HAS_LW:
+                tl.store(lw_ptr + t, tl.where(m_a, tl.where(pr, lw01, lw00), 0.0), mask=valid)
+            if COMPLEMENT:
+                m_b = mk & (~sel)
+                tl.store(noisy_ptr + T + t, tl.where(m_b, mid, ids), mask=valid)
+                tl.store(masked_ptr + T + t, m_b, mask=valid)
+                tl.store(labels_ptr + T + t, tl.where(m_b, ids.to(tl.int64), IGNORE_INDEX), mask=valid)
+                if HAS_LW:
+                    tl.store(lw_ptr + T + t, tl.where(m_b, tl.where(pr, lw11, lw10), 0.0), mask=valid)
+            qb += G
+
+
+# ---------------------------------------------------------------------------------------------
+# Launcher
+# ---------------------------------------------------------------------------------------------
+class LaunchSettings(NamedTuple):
+    """``tile`` tokens per vector step (four per Philox call), ``chunk`` tokens per program, warps."""
+
+    tile: int
+    chunk: int
+    num_warps: int
+
+
+_override: Optional[LaunchSettings] = None  # tests shrink tile and chunk to reach the multi-chunk paths
+
+
+def launch_settings(block_size: int) -> LaunchSettings:
+    """Launch settings, from one place (like Liger's ``calculate_settings``).
+
+    Per sequence (``block_size`` 0): 1024-token tiles in 4096-token chunks, so a 2048-token
+    sequence is one program of two tiles and a longer one is split over several programs. Per
+    block: one tile that holds a block even when it starts mid Philox group (K + 3 positions; at
+    least 64, so that common block sizes share one compiled variant), one block per program up to
+    K = 1021, 4096-token chunks above. One Philox group per thread: ``num_warps = tile / 128``.
+    """
+    if _override is not None:
+        return _override
+    if block_size <= 0:
+        tile, chunk = 1024, 4096
+    else:
+        tile = min(1024, max(64, triton.next_power_of_2(block_size + 3)))
+        chunk = tile if block_size + 3 <= 1024 else 4096
+    return LaunchSettings(tile, chunk, max(1, min(8, tile // 128)))
+
+
+def _weight_mode(w: float) -> int:
+    if w == 1.0:
+        return W_ONE
+    if math.isinf(w):
+        return W_INF
+    if w == 0.0:
+        return W_ZERO
+    return W_ABOVE_ONE if w > 1.0 else W_BELOW_ONE
+
+
+def _segment_table(cu: torch.Tensor, T: int, K: int, S: int):
+    """Start offsets [S+1] and sequences [S] of the blocks (sequence-major), without a host sync."""
+    dev = cu.device
+    B = cu.numel() - 1
+    cu64 = cu.to(torch.int64)
+    nblk = (cu64[1:] - cu64[:-1] + (K - 1)) // K
+    seq = torch.repeat_interleave(torch.arange(B, device=dev, dtype=torch.int64), nblk, output_size=S)
+    first_blk = torch.cumsum(nblk, 0) - nblk
+    start = torch.empty(S + 1, dtype=torch.int64, device=dev)
+    start[:S] = cu64[seq] + (torch.arange(S, device=dev, dtype=torch.int64) - first_blk[seq]) * K
+    start[S] = T
+    return start, seq
+
+
+def priority_mask_triton(input_ids, cu_seqlens, sigma, priority, maskable, prompt_lens, sample_ids, rng, weight,
+                         block_size, num_segments, exact, complementary, loss_weight_mode, mask_token_id):
+    """Triton implementation of ``dllm_masks::priority_mask`` on the op's normalized arguments (see
+    :func:`dllm_masks.reference.priority_mask_ref`); the same five outputs, bit for bit.
+
+    No host sync and no data-dependent allocation: the grid and every buffer are sized from
+    ``input_ids.numel()``, ``cu_seqlens.numel()`` and ``num_segments``; seed and offsets are read
+    from ``rng`` on the device, so a CUDA graph replays with fresh numbers after ``rng`` changes.
+    Two launches (plus a few small torch ops building the block table when ``block_size > 0``).
+    """
+    dev = input_ids.device
+    T = input_ids.numel()
+    S = int(num_segments)
+    K = int(block_size)
+    nv = 2 if complementary else 1
+    noisy = torch.empty(nv * T, dtype=input_ids.dtype, device=dev)
+    masked = torch.empty(nv * T, dtype=torch.bool, device=dev)
+    labels = torch.empty(nv * T, dtype=torch.int64, device=dev)
+    lw = torch.empty(nv * T if loss_weight_mode else 0, dtype=torch.float32, device=dev)
+    rates = torch.empty((S, 2), dtype=torch.float64, device=dev)
+    if S == 0:  # no segment, hence no token
+        return noisy, masked, labels, lw, rates
+
+    ids = input_ids.contiguous()
+    cu = cu_seqlens.to(torch.int32).contiguous()
+    sig = sigma.to(torch.float32).contiguous()
+    rng = rng.to(torch.int64).contiguous()
+    segstart, segseq = _segment_table(cu, T, K, S) if K > 0 else (cu, cu)
+    st = launch_settings(K)
+    grid = T // st.chunk + S
+    prog_seg = torch.empty(grid, dtype=torch.int32, device=dev)
+    partial = torch.empty(grid, dtype=torch.int64, device=dev)
+    cut = torch.empty(2 * S if exact else 1, dtype=torch.int64, device=dev)
+    dummy = rng  # never read: its flag is off
+    prio = priority.contiguous() if priority is not None else dummy
+    prio = prio.view(torch.uint8) if prio.dtype == torch.bool else prio
+    mk = maskable.contiguous().view(torch.uint8) if maskable is not None else dummy
+    plen = prompt_lens.to(torch.int64).contiguous() if prompt_lens is not None else dummy
+    sid = sample_ids.to(torch.int64).contiguous() if sample_ids is not None else dummy
+    w = float(weight)
+    w_bits = struct.unpack("<q", struct.pack("<d", w))[0]  # float64 bits: a float argument would be float32
+    scalars = (S, w_bits, _weight_mode(w), 0 if sig.numel() == 1 else 1, int(sample_ids is not None))
+    flags = dict(CHUNK=st.chunk, G=st.tile // 4, SEG_IS_SEQ=K == 0, HAS_PRIO=priority is not None,
+                 HAS_MASKABLE=maskable is not None, HAS_PROMPT=prompt_lens is not None, EXACT=bool(exact))
+    launch = dict(num_warps=st.num_warps, enable_fp_fusion=False)
+
+    _stats_kernel[(grid,)](cu, segstart, segseq, sig, prio, mk, plen, sid, rng, prog_seg, partial, cut,
+                           *scalars, **flags, **launch)
+    _mask_kernel[(grid,)](ids, cu, segstart, segseq, sig, prio, mk, plen, sid, rng,
+                          noisy, masked, labels, lw if loss_weight_mode else dummy, rates, prog_seg, partial, cut,
+                          T, *scalars, int(loss_weight_mode), int(mask_token_id),
+                          **flags, COMPLEMENT=bool(complementary), HAS_LW=bool(loss_weight_mode), **launch)
+    return noisy, masked, labels, lw, rates
+
+
+_PTR_TYPES = {"ids_ptr": "*i64", "cu_ptr": "*i32", "sigma_ptr": "*fp32", "prio_ptr": "*u8", "mk_ptr": "*u8",
+              "plen_ptr": "*i64", "sid_ptr": "*i64", "rng_ptr": "*i64", "noisy_ptr": "*i64", "masked_ptr": "*i1",
+              "labels_ptr": "*i64", "lw_ptr": "*fp32", "rates_ptr": "*fp64", "prog_seg_ptr": "*i32",
+              "partial_ptr": "*i64", "cut_ptr": "*i64", "T": "i32", "S": "i32", "w_bits": "i64", "w_mode": "i32",
+              "sigma_stride": "i32", "has_sid": "i32", "lw_mode": "i32", "mask_id": "i32"}
+
+
+def compile_for_inspection(kernel: str = "mask", arch: int = 90, *, exact: bool = False, block_size: int = 0,
+                           settings: Optional[LaunchSettings] = None) -> dict:
+    """Compile one kernel ahead of time for ``sm_<arch>`` and return its ``asm`` dict (ttir … ptx).
+
+    Needs no GPU (Triton's bundled LLVM and ptxas), only a process without ``TRITON_INTERPRET=1``.
+    The tests and ``benchmarks/gpu_check.py`` read the PTX: float64 arithmetic must be
+    ``mul.rn``/``add.rn``/``sub.rn``/``div.rn``, never ``fma`` (DESIGN §5).
+    """
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource
+
+    fn = {"mask": _mask_kernel, "stats": _stats_kernel}[kernel]
+    st = settings or launch_settings(block_size)
+    const = dict(CHUNK=st.chunk, G=st.tile // 4, SEG_IS_SEQ=block_size == 0, HAS_PRIO=True, HAS_MASKABLE=False,
+                 HAS_PROMPT=True, EXACT=exact, COMPLEMENT=True, HAS_LW=True)
+    seg = "*i32" if block_size == 0 else "*i64"
+    types = dict(_PTR_TYPES, segstart_ptr=seg, segseq_ptr=seg)
+    signature = {name: types.get(name, "constexpr") for name in fn.arg_names}
+    const = {k: v for k, v in const.items() if k in fn.arg_names}
+    src = ASTSource(fn=fn, signature=signature, constexprs=const)
+    ck = triton.compile(src, target=GPUTarget("cuda", arch, 32),
+                        options={"num_warps": st.num_warps, "enable_fp_fusion": False})
+    return ck.asm
