@@ -9,6 +9,7 @@ import sys
 # module path -> it defines add_parser(subparsers); parsers set a `func` default taking args.
 SUBCOMMANDS = [
     "dllm_masks.demo",
+    "dllm_masks.extract.cli",
 ]
 
 
