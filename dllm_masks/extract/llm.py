@@ -540,11 +540,16 @@ class LLMExtractor:
                 items.append((p, a, d))
         out: List[Optional[Spans]] = [None] * len(items)
 
-        with ThreadPoolExecutor(max_workers=self.concurrency) as pool, \
-                tqdm(total=len(items), desc="llm extract", disable=not progress, leave=False) as bar:
-            futs = {pool.submit(self.extract, *it): i for i, it in enumerate(items)}
-            for fut in as_completed(futs):
-                out[futs[fut]] = fut.result()
-                bar.update(1)
+        pool = ThreadPoolExecutor(max_workers=self.concurrency)
+        try:
+            with tqdm(total=len(items), desc="llm extract", disable=not progress, leave=False) as bar:
+                futs = {pool.submit(self.extract, *it): i for i, it in enumerate(items)}
+                for fut in as_completed(futs):
+                    out[futs[fut]] = fut.result()
+                    bar.update(1)
+        except BaseException:  # Ctrl-C or an error: drop the queued requests, keep the cache
+            pool.shutdown(wait=False, cancel_futures=True)
+            raise
+        pool.shutdown()
         return out  # type: ignore[return-value]
 
