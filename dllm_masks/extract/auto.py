@@ -1,13 +1,14 @@
 """Rule-based extraction for a sample of either domain, and the domain guess for ``auto``."""
 from __future__ import annotations
 
+import hashlib
 import re
 
 from .code import _FENCE, _parse, code_spans
 from .math import _CALC, math_spans
 from .spans import Spans
 
-__all__ = ["detect_domain", "rule_spans", "DOMAINS"]
+__all__ = ["detect_domain", "rule_spans", "selected", "sample_key", "DOMAINS"]
 
 DOMAINS = ("code", "math")
 _MATH_MARKS = re.compile(r"####|\\boxed|\\frac|\\\(|\\\[|\$\$")
@@ -46,3 +47,37 @@ def rule_spans(prompt: str, answer: str, domain: str) -> Spans:
             raise TypeError(f"prompt: expected a str, got {type(prompt).__name__}")
         return math_spans(answer)
     raise ValueError(f"domain: expected 'code' or 'math', got {domain!r}")
+
+
+def sample_key(rec: dict) -> str:
+    """Identity of a sample: its ``id`` when present, else a hash of prompt and answer."""
+    if rec.get("id") is not None:
+        return "id:" + str(rec["id"])
+    h = hashlib.sha256((rec["prompt"] + "\x00" + rec["answer"]).encode("utf-8", "surrogatepass"))
+    return "sha256:" + h.hexdigest()
+
+
+def selected(rec: dict, fraction: float, seed: int) -> bool:
+    """Whether a sample is annotated: ``u(sample, seed) < fraction``.
+
+    Parameters
+    ----------
+    rec : dict
+        A record with ``prompt`` and ``answer`` (str) and optionally ``id``; see :func:`sample_key`.
+    fraction : float in [0, 1]
+        Expected fraction of samples chosen (the paper: 0.1 of code, 0.5 of math).
+    seed : int
+
+    Returns
+    -------
+    bool
+        u is the first 64 bits of SHA-256(seed, sample key) over 2^64: the choice depends on the
+        sample alone, not on its position in a file or on the other samples, and is the same on
+        every machine (``dllm-masks extract --fraction`` and ``dllm_masks.data.annotate`` agree).
+    """
+    if fraction >= 1.0:
+        return True
+    if fraction <= 0.0:
+        return False
+    h = hashlib.sha256(f"{seed}\x00{sample_key(rec)}".encode("utf-8", "surrogatepass")).digest()
+    return int.from_bytes(h[:8], "big") / 2.0 ** 64 < fraction

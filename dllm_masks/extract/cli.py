@@ -18,7 +18,6 @@ their line number and skipped (``--strict``: stop there with exit status 2).
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import sys
@@ -27,27 +26,9 @@ from typing import Iterator, List, Optional, Tuple
 from tqdm.auto import tqdm
 
 from .align import dense_fraction
-from .auto import DOMAINS, detect_domain, rule_spans
+from .auto import DOMAINS, detect_domain, rule_spans, sample_key, selected  # noqa: F401 (re-exported)
 
 BATCH = 64
-
-
-def sample_key(rec: dict) -> str:
-    """Identity of a sample: its ``id`` when present, else a hash of prompt and answer."""
-    if rec.get("id") is not None:
-        return "id:" + str(rec["id"])
-    h = hashlib.sha256((rec["prompt"] + "\x00" + rec["answer"]).encode("utf-8", "surrogatepass"))
-    return "sha256:" + h.hexdigest()
-
-
-def selected(rec: dict, fraction: float, seed: int) -> bool:
-    """Whether a sample is annotated: ``u(sample, seed) < fraction`` with u uniform in [0, 1)."""
-    if fraction >= 1.0:
-        return True
-    if fraction <= 0.0:
-        return False
-    h = hashlib.sha256(f"{seed}\x00{sample_key(rec)}".encode("utf-8", "surrogatepass")).digest()
-    return int.from_bytes(h[:8], "big") / 2.0 ** 64 < fraction
 
 
 def _check_record(obj) -> Optional[str]:
