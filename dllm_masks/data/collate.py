@@ -1,0 +1,249 @@
+"""Masking packed batches for block-diffusion SFT, on the CPU in DataLoader workers or on the GPU in
+the training step: both give the same masks (the op is bit-identical across backends for the
+same seed and ``sample_ids``, and σ is drawn per sample key, not per batch)."""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import List, Optional, Sequence
+
+import torch
+
+from .. import validation as V
+from ..ops import priority_mask
+from ..rng import philox4x32, split_seed
+from .pack import PackedBatch, StepPlan, pack
+from .tokenize import TokenizedSample
+
+__all__ = ["MaskConfig", "keyed_sigma", "TrainBatch", "mask_batch", "StepDataset", "STREAM_SIGMA"]
+
+STREAM_SIGMA = 2  # Philox stream of the σ draws (0 and 1 belong to the op, DESIGN §4)
+
+
+@dataclass
+class MaskConfig:
+    """How training batches are noised (the paper's defaults).
+
+    Attributes
+    ----------
+    weight : float
+        w: priority tokens are w times as likely to be masked (paper: 2; 1 = uniform baseline).
+    complementary : bool
+        Train the logical-NOT view in the same batch (paper: True).
+    sigma_low, sigma_high : float
+        σ_t ~ U[low, high] (paper and dFactory: [0.3, 0.8]).
+    block_size : int
+        Block-diffusion block size (paper: 32).
+    sigma_per_block : bool
+        One σ per block (BD3-LM) rather than one per sequence.
+    sampling : {"bernoulli", "exact"}
+    loss_weight : {"sigma", "token", None}
+        Per-token loss weights from the op (1/σ and 1/(1−σ) by default).
+    device : {"worker", "step"}
+        Mask in the data pipeline on the CPU, or in the step on the training device.
+    """
+
+    weight: float = 2.0
+    complementary: bool = True
+    sigma_low: float = 0.3
+    sigma_high: float = 0.8
+    block_size: int = 32
+    sigma_per_block: bool = True
+    sampling: str = "bernoulli"
+    loss_weight: Optional[str] = "sigma"
+    device: str = "worker"
+
+    def __post_init__(self):
+        V.check_weight(self.weight)
+        if not isinstance(self.complementary, bool):
+            raise TypeError(f"mask.complementary: expected a bool, got {type(self.complementary).__name__}")
+        for name in ("sigma_low", "sigma_high"):
+            x = getattr(self, name)
+            if isinstance(x, bool) or not isinstance(x, (int, float)) or not 0.0 <= x <= 1.0:
+                raise ValueError(f"mask.{name}: must be a float in [0, 1], got {x!r}")
+        if self.sigma_low > self.sigma_high:
+            raise ValueError(f"mask.sigma_low: must be <= sigma_high, got {self.sigma_low} > {self.sigma_high}")
+        V.check_int("mask.block_size", self.block_size, low=1)
+        V.check_choice("mask.sampling", self.sampling, ("bernoulli", "exact"))
+        V.check_choice("mask.loss_weight", self.loss_weight, ("sigma", "token", None))
+        V.check_choice("mask.device", self.device, ("worker", "step"))
+
+    @property
+    def views(self) -> int:
+        return 2 if self.complementary else 1
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def keyed_sigma(sample_ids: torch.Tensor, cu_seqlens: torch.Tensor, *, low: float, high: float, seed: int,
+                block_size: Optional[int] = None) -> torch.Tensor:
+    """σ per segment, drawn from Philox keyed by the sample key and the segment's index in it.
+
+    Segment j of sequence b draws ``philox((j, s_b lo, s_b hi, 2), key(seed))[0]`` and maps it to
+    ``low + (high − low) · r / 2^32``: σ depends on the sample, not on its batch, rank or order.
+
+    Parameters
+    ----------
+    sample_ids : torch.Tensor, int64, [B]
+    cu_seqlens : torch.Tensor, int32/int64, [B+1]
+    low, high : float
+    seed : int
+    block_size : int, optional
+        One σ per block of this many positions (segments as in ``priority_mask``), else per sequence.
+
+    Returns
+    -------
+    torch.Tensor, float32, [S] on the device of ``sample_ids``.
+    """
+    dev = sample_ids.device
+    cu = cu_seqlens.to(dev, torch.int64)
+    lens = cu[1:] - cu[:-1]
+    if block_size is None:
+        counts = torch.ones_like(lens)
+    else:
+        counts = (lens + block_size - 1) // block_size
+    keys = torch.repeat_interleave(sample_ids.to(torch.int64), counts)
+    starts = torch.cumsum(counts, 0) - counts
+    seg = torch.arange(keys.numel(), device=dev) - torch.repeat_interleave(starts, counts)
+    k0, k1 = split_seed(seed)
+    r = philox4x32(seg, keys & 0xFFFFFFFF, (keys >> 32) & 0xFFFFFFFF, torch.full_like(seg, STREAM_SIGMA), k0, k1)[0]
+    u = r.to(torch.float64) * (1.0 / 4294967296.0)
+    return (low + (high - low) * u).clamp(low, high).to(torch.float32)
+
+
+@dataclass
+class TrainBatch:
+    """A masked micro-batch in the block-diffusion layout of :func:`dllm_masks.blockdiff.training_layout`.
+
+    Attributes
+    ----------
+    input_ids : torch.Tensor, int64, [(V+1)·T]
+        The V noisy views, then the clean sequence.
+    cu_seqlens : torch.Tensor, int32, [B+1]
+        Offsets of the clean documents.
+    labels : torch.Tensor, int64, [V·T]
+        Original id at masked positions of the noisy views, −100 elsewhere.
+    loss_weight : torch.Tensor, float32, [V·T]
+        The op's per-token weight (1 at masked positions when the op returns none, 0 elsewhere).
+    maskable_per_seq : torch.Tensor, int64, [V·B]
+        Maskable (answer + eos) tokens of each noisy sequence.
+    seq_of_token : torch.Tensor, int64, [V·T]
+        Noisy sequence (view-major) of each noisy token.
+    views : int
+    sample_ids : torch.Tensor, int64, [B]
+    """
+
+    input_ids: torch.Tensor
+    cu_seqlens: torch.Tensor
+    labels: torch.Tensor
+    loss_weight: torch.Tensor
+    maskable_per_seq: torch.Tensor
+    seq_of_token: torch.Tensor
+    views: int
+    sample_ids: torch.Tensor
+
+    @property
+    def num_masked(self) -> int:
+        return int((self.labels != -100).sum())
+
+    @property
+    def num_maskable(self) -> int:
+        return int(self.maskable_per_seq.sum())
+
+    @property
+    def num_seqs(self) -> int:
+        return self.maskable_per_seq.numel()
+
+    def to(self, device, non_blocking: bool = False) -> "TrainBatch":
+        kw = {k: (v.to(device, non_blocking=non_blocking) if isinstance(v, torch.Tensor) else v)
+              for k, v in self.__dict__.items()}
+        return TrainBatch(**kw)
+
+
+def mask_batch(batch: PackedBatch, cfg: MaskConfig, *, mask_token_id: int, seed: int,
+               device=None, backend: Optional[str] = None) -> TrainBatch:
+    """Noise one packed batch with complementary priority masking.
+
+    Parameters
+    ----------
+    batch : PackedBatch
+    cfg : MaskConfig
+    mask_token_id : int
+    seed : int
+        The run's mask seed (σ draws and the op share it, on different Philox streams).
+    device : torch.device, optional
+        Where to mask (default: where ``batch`` is); the result lives there.
+    backend : str, optional
+        Force a ``priority_mask`` backend (tests).
+
+    Returns
+    -------
+    TrainBatch
+    """
+    if device is not None:
+        batch = batch.to(device)
+    K = cfg.block_size if cfg.sigma_per_block else None
+    sigma = keyed_sigma(batch.sample_ids, batch.cu_seqlens, low=cfg.sigma_low, high=cfg.sigma_high, seed=seed,
+                        block_size=K)
+    out = priority_mask(batch.input_ids, sigma, mask_token_id=mask_token_id, cu_seqlens=batch.cu_seqlens,
+                        prompt_lens=batch.prompt_lens, priority=batch.priority, weight=cfg.weight,
+                        sampling=cfg.sampling, complementary=cfg.complementary, block_size=K, seed=seed,
+                        sample_ids=batch.sample_ids, loss_weight=cfg.loss_weight, backend=backend)
+    views = cfg.views
+    lw = out.loss_weight if out.loss_weight is not None else out.masked.to(torch.float32)
+    lens = (batch.cu_seqlens[1:] - batch.cu_seqlens[:-1]).to(torch.int64)
+    maskable = (lens - batch.prompt_lens).repeat(views)
+    seq = torch.repeat_interleave(torch.arange(views * batch.num_seqs, device=lens.device), lens.repeat(views))
+    return TrainBatch(
+        input_ids=torch.cat([out.noisy_ids.to(torch.int64), batch.input_ids]),
+        cu_seqlens=batch.cu_seqlens,
+        labels=out.labels,
+        loss_weight=lw,
+        maskable_per_seq=maskable,
+        seq_of_token=seq,
+        views=views,
+        sample_ids=batch.sample_ids,
+    )
+
+
+class StepDataset(torch.utils.data.Dataset):
+    """Item ``i`` = this rank's micro-batches of optimizer step ``start + i``.
+
+    Use with ``DataLoader(ds, batch_size=None, num_workers=...)``: with ``cfg.device == "worker"``
+    the masking runs in the workers on the CPU; with ``"step"`` the items are unmasked
+    :class:`PackedBatch` es for :func:`mask_batch` on the training device.
+
+    Parameters
+    ----------
+    seqs : list of TokenizedSample
+    plan : StepPlan
+    cfg : MaskConfig
+    token_budget : int
+        Most clean tokens per micro-batch.
+    mask_token_id, seed : int
+    start, stop : int
+        Optimizer steps ``[start, stop)``.
+    """
+
+    def __init__(self, seqs: Sequence[TokenizedSample], plan: StepPlan, cfg: MaskConfig, *, token_budget: int,
+                 mask_token_id: int, seed: int, start: int = 0, stop: int = 0):
+        self.seqs, self.plan, self.cfg = seqs, plan, cfg
+        self.token_budget, self.mask_token_id, self.seed = token_budget, mask_token_id, seed
+        self.start, self.stop = start, max(start, stop)
+
+    def __len__(self) -> int:
+        return self.stop - self.start
+
+    def packed(self, step: int) -> List[PackedBatch]:
+        pos, sid = self.plan.shard(step)
+        return pack([self.seqs[p] for p in pos], sid, self.token_budget)
+
+    def __getitem__(self, i: int):
+        if not 0 <= i < len(self):
+            raise IndexError(i)
+        step = self.start + i
+        micro = self.packed(step)
+        if self.cfg.device == "worker":
+            micro = [mask_batch(b, self.cfg, mask_token_id=self.mask_token_id, seed=self.seed) for b in micro]
+        return step, micro
+
