@@ -10,6 +10,7 @@ import sys
 SUBCOMMANDS = [
     "dllm_masks.demo",
     "dllm_masks.extract.cli",
+    "dllm_masks.train.cli",
 ]
 
 

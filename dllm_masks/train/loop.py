@@ -1,0 +1,380 @@
+"""The reference block-diffusion SFT loop: ``train(config) -> result``.
+
+One optimizer step trains on ``data.batch_size`` samples drawn from seeded epoch permutations,
+split across ranks and packed into micro-batches under ``data.token_budget``; each micro-batch
+is noised with complementary priority masking (σ per block in [0.3, 0.8], w = 2 by default) and
+fed in the block-diffusion layout ``[x_t views | x_0]``. The loss is normalized by the step's
+global count (all micro-batches, all ranks), so gradient accumulation and DDP reproduce one big
+batch. Everything random follows from ``seed`` and the step, so a resumed run continues
+bit-identically on the same machine and thread count.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import math
+import os
+import time
+from contextlib import nullcontext
+from typing import Callable, Optional
+
+import torch
+import torch.distributed as dist
+
+from ..blockdiff import BlockDiffAttention, training_layout
+from ..data.collate import StepDataset, TrainBatch, mask_batch
+from ..data.dataset import SFTData, build_data
+from ..data.pack import StepPlan, pack
+from . import checkpoint as ck
+from .config import TRAJECTORY_EXEMPT, TrainConfig
+from .logs import RunLog, plot_loss
+from .loss import loss_terms, masked_index, normalizer
+from .model import build_model
+
+__all__ = ["train", "lr_at", "config_fingerprint", "eval_loss"]
+
+log = logging.getLogger("dllm_masks")
+
+EVAL_KEY_OFFSET = 1 << 40  # mask keys of held-out samples, apart from any training key
+
+
+def lr_at(step: int, cfg: TrainConfig) -> float:
+    """Learning rate of optimizer step ``step`` (0-based): linear warmup, then cosine to the floor."""
+    o = cfg.optim
+    if step < o.warmup_steps:
+        return o.lr * (step + 1) / o.warmup_steps
+    span = max(1, cfg.max_steps - o.warmup_steps)
+    t = min(1.0, (step - o.warmup_steps) / span)
+    return o.lr * (o.min_lr_ratio + (1 - o.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * t)))
+
+
+def _flatten(d: dict, prefix: str = "") -> dict:
+    out = {}
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict) and k != "hf_config" and k != "annotate":
+            out.update(_flatten(v, key + "."))
+        else:
+            out[key] = v
+    return out
+
+
+def config_fingerprint(cfg: TrainConfig) -> dict:
+    """The config keys that shape the training trajectory (a resume must match them all)."""
+    flat = _flatten(cfg.to_dict())
+    out = {}
+    for k, v in flat.items():
+        if k in TRAJECTORY_EXEMPT or k.split(".")[0] in TRAJECTORY_EXEMPT:
+            continue
+        text = json.dumps(v, sort_keys=True, default=str)
+        out[k] = v if len(text) <= 200 else "sha256:" + hashlib.sha256(text.encode()).hexdigest()[:16]
+    return json.loads(json.dumps(out, default=str))
+
+
+class _Env:
+    """Rank, world size and device; joins a torchrun process group when launched by one."""
+
+    def __init__(self, cfg: TrainConfig):
+        self.world = int(os.environ.get("WORLD_SIZE", "1"))
+        self.rank = int(os.environ.get("RANK", "0"))
+        local = int(os.environ.get("LOCAL_RANK", "0"))
+        want = cfg.device
+        if want == "auto":
+            want = "cuda" if torch.cuda.is_available() else "cpu"
+        if want == "cuda" and not torch.cuda.is_available():
+            raise ValueError("device: 'cuda' requested but CUDA is not available")
+        self.device = torch.device(f"cuda:{local}" if want == "cuda" else "cpu")
+        if self.device.type == "cuda":
+            torch.cuda.set_device(self.device)
+        self.owns_group = False
+        if self.world > 1 and not dist.is_initialized():
+            dist.init_process_group("nccl" if self.device.type == "cuda" else "gloo")
+            self.owns_group = True
+        if self.world > 1 and dist.get_world_size() != self.world:
+            raise ValueError(f"WORLD_SIZE={self.world} but the process group has {dist.get_world_size()} ranks")
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+    def all_sum(self, values):
+        t = torch.tensor(values, dtype=torch.float64, device=self.device)
+        if self.world > 1:
+            dist.all_reduce(t)
+        return t.tolist()
+
+    def barrier(self):
+        if self.world > 1:
+            dist.barrier()
+
+    def close(self):
+        if self.owns_group:
+            dist.destroy_process_group()
+
+
+def _autocast(cfg: TrainConfig, device: torch.device):
+    if device.type == "cuda" and cfg.bf16:
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return nullcontext()
+
+
+def _forward_loss(model, b: TrainBatch, cfg: TrainConfig, device):
+    lay = training_layout(b.cu_seqlens, cfg.mask.block_size, views=b.views)
+    attn = BlockDiffAttention(lay, cfg.model.attention)
+    idx = masked_index(b)
+    with _autocast(cfg, device):
+        logits = model(b.input_ids, attn, idx)
+    return loss_terms(logits, b, idx, cfg.loss_norm)
+
+
+@torch.no_grad()
+def eval_loss(model, data: SFTData, cfg: TrainConfig, device, max_samples: Optional[int] = None) -> Optional[float]:
+    """Held-out diffusion loss with fixed masks (keys independent of the step), or None without data."""
+    seqs = data.eval[: (max_samples or None)]
+    if not seqs:
+        return None
+    was = model.training
+    model.eval()
+    try:
+        keys = [EVAL_KEY_OFFSET + s.index for s in seqs]
+        total, denom = 0.0, 0.0
+        for pb in pack(seqs, keys, cfg.data.token_budget):
+            b = mask_batch(pb, cfg.mask, mask_token_id=data.tokenizer.mask_id, seed=cfg.seed, device=device)
+            s, _ = _forward_loss(model, b, cfg, device)
+            total += float(s)
+            denom += normalizer(b, cfg.loss_norm)
+        return total / max(denom, 1.0)
+    finally:
+        model.train(was)
+
+
+def _check_resume(state: dict, path: str, cfg: TrainConfig, data: SFTData) -> None:
+    old = state.get("fingerprint")
+    if not isinstance(old, dict):
+        raise ck.CheckpointError(f"checkpoint {path}: has no config fingerprint (written by another program?)")
+    new = config_fingerprint(cfg)
+    diff = [k for k in sorted(set(old) | set(new)) if old.get(k, "<absent>") != new.get(k, "<absent>")]
+    if diff:
+        shown = "; ".join(f"{k}: {old.get(k, '<absent>')!r} -> {new.get(k, '<absent>')!r}" for k in diff[:6])
+        raise ck.CheckpointError(f"checkpoint {path}: written by a run with another config ({shown}); "
+                                 "resume with the same config, or use another run_dir")
+    if state.get("data_digest") != data.digest:
+        raise ck.CheckpointError(f"checkpoint {path}: the training data or tokenizer changed since it was written "
+                                 "(digest mismatch); resume with the same data, or use another run_dir")
+
+
+def train(config, *, stop_after: Optional[int] = None, resume: bool = True, progress: Optional[bool] = None,
+          echo: Optional[Callable[[str], None]] = None, evaluate: bool = True) -> dict:
+    """Train (or resume) a block-diffusion SFT run.
+
+    Parameters
+    ----------
+    config : TrainConfig, dict or str
+        A config object, a (partial) nested dict, or a JSON file path.
+    stop_after : int, optional
+        Leave after this many optimizer steps in total (with a checkpoint), as if interrupted;
+        the schedule still runs to ``max_steps``. Resuming continues from there.
+    resume : bool
+        Continue from the newest complete checkpoint in ``run_dir/checkpoints`` if there is one
+        (a checkpoint from another config or other data is refused). False: start afresh
+        (existing checkpoints of the run dir are removed).
+    progress : bool, optional
+        Progress bars (default: ``config.progress``).
+    echo : callable, optional
+        Receives status lines (default: ``print`` on rank 0 when progress is on, else nothing).
+    evaluate : bool
+        Run the held-out loss and generation evaluation of ``config.eval`` at the end.
+
+    Returns
+    -------
+    dict
+        ``final_loss`` (mean training loss of the last ≤ 10 steps), ``last_loss``, ``steps``,
+        ``start_step``, ``losses`` (per step, this invocation), ``eval_loss``, ``metrics``
+        (``math_accuracy``, ``code_pass@1``, counts), ``generations``, ``wall_s``,
+        ``train_s``, ``tokens_per_s``, ``run_dir``, ``log_csv``, ``plot``, ``checkpoint``,
+        ``dropped_samples``, ``world_size``.
+    """
+    from tqdm.auto import tqdm
+
+    if isinstance(config, str):
+        from .config import load_config
+
+        cfg = load_config(config)
+    else:
+        cfg = TrainConfig.from_dict(config) if isinstance(config, dict) else config
+    if not isinstance(cfg, TrainConfig):
+        raise TypeError(f"config: expected a TrainConfig, dict or path, got {type(config).__name__}")
+    if stop_after is not None and not 1 <= stop_after:
+        raise ValueError(f"stop_after: must be >= 1, got {stop_after}")
+    t_wall = time.perf_counter()
+    show = cfg.progress if progress is None else progress
+    env = _Env(cfg)
+    show = show and env.main
+    say = echo or (print if show else (lambda *_: None))
+    if not env.main:
+        say = lambda *_: None  # noqa: E731
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    try:
+        return _train(cfg, env, stop_after, resume, show, say, evaluate, t_wall, tqdm)
+    finally:
+        env.close()
+
+
+def _train(cfg, env, stop_after, resume, show, say, evaluate, t_wall, tqdm):
+    device = env.device
+    data = build_data(cfg.data, cfg.mask.block_size, cfg.seed, progress=show, log=say)
+    tok = data.tokenizer
+    mcfg = cfg.model
+    if mcfg.vocab_size == 0:
+        from dataclasses import replace
+
+        mcfg = replace(mcfg, vocab_size=tok.vocab_size)
+    elif mcfg.vocab_size < tok.vocab_size:
+        raise ValueError(f"model.vocab_size: {mcfg.vocab_size} is below the tokenizer's {tok.vocab_size} ids")
+    torch.manual_seed(cfg.seed)
+    model = build_model(mcfg).to(device)
+    n_params = sum(p.numel() for p in model.parameters())
+    decay = [p for p in model.parameters() if p.dim() >= 2]
+    no_decay = [p for p in model.parameters() if p.dim() < 2]
+    opt = torch.optim.AdamW([{"params": decay, "weight_decay": cfg.optim.weight_decay},
+                             {"params": no_decay, "weight_decay": 0.0}],
+                            lr=cfg.optim.lr, betas=tuple(cfg.optim.betas), eps=cfg.optim.eps)
+
+    ckpt_dir = os.path.join(cfg.run_dir, "checkpoints")
+    start = 0
+    if env.main:
+        os.makedirs(cfg.run_dir, exist_ok=True)
+        stale = ck.remove_stale_temporaries(ckpt_dir)
+        if stale:
+            say(f"removed {len(stale)} incomplete checkpoint write(s) left by a killed run")
+        if not resume:
+            for _, p in ck.list_checkpoints(ckpt_dir):
+                os.unlink(p)
+    env.barrier()
+    found = ck.latest_checkpoint(ckpt_dir) if resume else None
+    if found is not None:
+        step0, path = found
+        state = ck.load_checkpoint(path, map_location=device)
+        _check_resume(state, path, cfg, data)
+        model.load_state_dict(state["model"])
+        opt.load_state_dict(state["optim"])
+        start = int(state["step"])
+        say(f"resuming from {path} (step {start})")
+    if env.main:
+        with open(os.path.join(cfg.run_dir, "config.json"), "w") as f:
+            json.dump(cfg.to_dict(), f, indent=1)
+    env.barrier()
+
+    plan = StepPlan(len(data.train), cfg.data.batch_size, cfg.seed, world_size=env.world, rank=env.rank)
+    end = cfg.max_steps if stop_after is None else min(cfg.max_steps, stop_after)
+    ds = StepDataset(data.train, plan, cfg.mask, token_budget=cfg.data.token_budget, mask_token_id=tok.mask_id,
+                     seed=cfg.seed, start=start, stop=end)
+    loader = torch.utils.data.DataLoader(ds, batch_size=None, shuffle=False, num_workers=cfg.data.num_workers,
+                                         pin_memory=device.type == "cuda")
+    ddp = model
+    if env.world > 1:
+        ddp = torch.nn.parallel.DistributedDataParallel(
+            model, device_ids=[device.index] if device.type == "cuda" else None)
+    runlog = RunLog(cfg.run_dir, start, tensorboard=True) if env.main else None
+    if start == 0:
+        say(f"model: {n_params / 1e6:.2f}M parameters ({mcfg.n_layers} layers, d={mcfg.d_model}), vocab "
+            f"{tok.vocab_size}; data: {len(data.train)} train / {len(data.eval)} held-out sequences"
+            + (f", {data.dropped} longer than {cfg.data.max_length} dropped" if data.dropped else "")
+            + f"; {env.world} rank(s) on {device.type}")
+
+    losses, last_path = [], None
+    tokens_seen, t_train = 0, time.perf_counter()
+    bar = tqdm(total=end - start, desc="train", disable=not show, unit="step", dynamic_ncols=True)
+    model.train()
+    try:
+        for step, micro in loader:
+            if cfg.mask.device == "step":
+                micro = [mask_batch(b, cfg.mask, mask_token_id=tok.mask_id, seed=cfg.seed, device=device)
+                         for b in micro]
+            else:
+                micro = [b.to(device, non_blocking=True) for b in micro]
+            lr = lr_at(step, cfg)
+            for g in opt.param_groups:
+                g["lr"] = lr
+            local = [sum(normalizer(b, cfg.loss_norm) for b in micro), sum(b.num_masked for b in micro),
+                     sum(b.cu_seqlens.numel() - 1 for b in micro), sum(int(b.cu_seqlens[-1]) for b in micro)]
+            denom, n_masked, n_seqs, n_tok = env.all_sum(local)
+            denom = max(denom, 1.0)
+            loss_sum = torch.zeros((), dtype=torch.float64, device=device)
+            for i, b in enumerate(micro):
+                sync = i == len(micro) - 1
+                ctx = ddp.no_sync() if (env.world > 1 and not sync) else nullcontext()
+                with ctx:
+                    s, _ = _forward_loss(ddp, b, cfg, device)
+                    (s * (env.world / denom)).backward()
+                loss_sum += s.detach().double()
+            gnorm = (torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.optim.clip_grad)
+                     if cfg.optim.clip_grad > 0 else
+                     torch.linalg.vector_norm(torch.stack([p.grad.norm() for p in model.parameters()
+                                                           if p.grad is not None])))
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+            loss = env.all_sum([float(loss_sum)])[0] / denom
+            if not math.isfinite(loss):
+                raise FloatingPointError(f"step {step + 1}: the loss is {loss}; lower optim.lr or check the data")
+            losses.append(loss)
+            tokens_seen += int(n_tok)
+            done = step + 1
+            ev = None
+            if cfg.eval.every and done % cfg.eval.every == 0 and data.eval:
+                ev = eval_loss(model, data, cfg, device, cfg.eval.max_samples)
+            if runlog is not None:
+                runlog.write({"step": done, "loss": f"{loss:.6f}", "eval_loss": None if ev is None else f"{ev:.6f}",
+                              "lr": f"{lr:.6g}", "grad_norm": f"{float(gnorm):.4f}", "tokens": int(n_tok),
+                              "masked": int(n_masked), "seqs": int(n_seqs), "micro_batches": len(micro),
+                              "epoch": f"{plan.epoch_of(done):.3f}",
+                              "elapsed_s": f"{time.perf_counter() - t_wall:.2f}"})
+            bar.update(1)
+            if done % cfg.log_every == 0 or done == end:
+                bar.set_postfix(loss=f"{loss:.3f}", lr=f"{lr:.2e}", epoch=f"{plan.epoch_of(done):.1f}")
+            if done == end or (cfg.ckpt_every and done % cfg.ckpt_every == 0):
+                last_path = _save(cfg, env, model, opt, done, data, ckpt_dir)
+    finally:
+        bar.close()
+        if runlog is not None:
+            runlog.close()
+    t_train = time.perf_counter() - t_train
+
+    result = {"run_dir": cfg.run_dir, "start_step": start, "steps": start + len(losses), "losses": losses,
+              "final_loss": (sum(losses[-10:]) / len(losses[-10:])) if losses else None,
+              "last_loss": losses[-1] if losses else None, "params": n_params, "world_size": env.world,
+              "train_s": t_train, "tokens_per_s": tokens_seen / t_train if t_train > 0 else None,
+              "dropped_samples": data.dropped, "checkpoint": last_path,
+              "log_csv": os.path.join(cfg.run_dir, "log.csv"), "eval_loss": None, "metrics": {},
+              "generations": [], "plot": None}
+    finished = start + len(losses) >= cfg.max_steps
+    if env.main and evaluate and finished:
+        result["eval_loss"] = eval_loss(model, data, cfg, device, cfg.eval.max_samples)
+        if cfg.eval.generate or cfg.eval.generate_train:
+            from .eval_gen import evaluate_generations
+
+            result.update(evaluate_generations(model, data, cfg, device, progress=show))
+    if env.main:
+        result["plot"] = plot_loss(result["log_csv"], os.path.join(cfg.run_dir, "loss.png"),
+                                   title=f"{os.path.basename(os.path.normpath(cfg.run_dir))}: w={cfg.mask.weight}, "
+                                         f"complementary={cfg.mask.complementary}, K={cfg.mask.block_size}")
+        result["wall_s"] = time.perf_counter() - t_wall
+        with open(os.path.join(cfg.run_dir, "result.json"), "w") as f:
+            json.dump({k: v for k, v in result.items() if k != "losses"}, f, indent=1, default=str)
+    env.barrier()
+    result["wall_s"] = time.perf_counter() - t_wall
+    return result
+
+
+def _save(cfg, env, model, opt, step, data, ckpt_dir):
+    path = ck.checkpoint_path(ckpt_dir, step)
+    if env.main:
+        state = {"format": 1, "step": step, "model": model.state_dict(), "optim": opt.state_dict(),
+                 "config": json.loads(json.dumps(cfg.to_dict())), "fingerprint": config_fingerprint(cfg),
+                 "data_digest": data.digest, "tokenizer": data.tokenizer.state()}
+        ck.save_checkpoint(path, state, step=step)
+        ck.prune_checkpoints(ckpt_dir, cfg.keep_ckpts)
+    env.barrier()
+    return path

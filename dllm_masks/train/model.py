@@ -1,0 +1,234 @@
+"""Models for block-diffusion SFT: a small LLaDA-style bidirectional transformer (RoPE, RMSNorm,
+SwiGLU) and an adapter for Hugging Face models that accept a 4-D attention mask.
+
+Both take a packed token stream in the layout of :mod:`dllm_masks.blockdiff` and return logits
+only at the positions asked for (the masked tokens of the noisy views), so the LM head costs
+nothing on the clean half.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field
+from typing import Optional
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from .. import validation as V
+from ..blockdiff import ATTENTION_MODES, BlockDiffAttention, dense_mask
+
+__all__ = ["ModelConfig", "DiffusionLM", "HFDiffusionLM", "build_model"]
+
+
+@dataclass
+class ModelConfig:
+    """Sizes of the model.
+
+    Attributes
+    ----------
+    kind : {"tiny", "hf"}
+        The built-in transformer, or a Hugging Face model built from ``hf_config`` (no hub).
+    vocab_size : int
+        0: taken from the tokenizer.
+    d_model, n_layers, n_heads : int
+    d_ff : int
+        SwiGLU hidden size; 0: 8/3 · d_model rounded up to a multiple of 32 (LLaMA's rule).
+    max_position : int
+        Longest document (RoPE table).
+    rope_theta, norm_eps, init_std : float
+    tie_embeddings : bool
+    attention : str
+        One of ``"auto"``, ``"sdpa"``, ``"sdpa_docs"``, ``"flex"`` (see :class:`BlockDiffAttention`).
+    hf_config : dict
+        For ``kind="hf"``: keyword arguments of ``transformers.AutoConfig.for_model`` (with
+        ``model_type``); ``vocab_size`` is filled in from the tokenizer when absent.
+    """
+
+    kind: str = "tiny"
+    vocab_size: int = 0
+    d_model: int = 128
+    n_layers: int = 4
+    n_heads: int = 4
+    d_ff: int = 0
+    max_position: int = 4096
+    rope_theta: float = 10000.0
+    norm_eps: float = 1e-6
+    init_std: float = 0.02
+    tie_embeddings: bool = False
+    attention: str = "auto"
+    hf_config: dict = field(default_factory=dict)
+
+    def __post_init__(self):
+        V.check_choice("model.kind", self.kind, ("tiny", "hf"))
+        V.check_int("model.vocab_size", self.vocab_size, low=0)
+        for name in ("d_model", "n_layers", "n_heads", "max_position"):
+            V.check_int(f"model.{name}", getattr(self, name), low=1)
+        V.check_int("model.d_ff", self.d_ff, low=0)
+        if self.d_model % self.n_heads or (self.d_model // self.n_heads) % 2:
+            raise ValueError(f"model.n_heads: d_model={self.d_model} must split into {self.n_heads} heads of even size")
+        V.check_choice("model.attention", self.attention, ATTENTION_MODES)
+        if not isinstance(self.hf_config, dict):
+            raise TypeError(f"model.hf_config: expected a dict, got {type(self.hf_config).__name__}")
+        if self.kind == "hf" and "model_type" not in self.hf_config:
+            raise ValueError("model.hf_config: needs a 'model_type' (e.g. 'llama') for kind='hf'")
+
+    @property
+    def ffn_size(self) -> int:
+        return self.d_ff or 32 * math.ceil(8 * self.d_model / 3 / 32)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def _rope_tables(max_position: int, head_dim: int, theta: float):
+    inv = 1.0 / (theta ** (torch.arange(0, head_dim, 2, dtype=torch.float64) / head_dim))
+    ang = torch.arange(max_position, dtype=torch.float64)[:, None] * inv[None, :]
+    return ang.cos().to(torch.float32), ang.sin().to(torch.float32)
+
+
+def _apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Rotate halves (GPT-NeoX / LLaMA-HF convention). x: [N, H, Dh]; cos, sin: [N, Dh/2]."""
+    x1, x2 = x.chunk(2, dim=-1)
+    c, s = cos[:, None, :].to(x.dtype), sin[:, None, :].to(x.dtype)
+    return torch.cat([x1 * c - x2 * s, x2 * c + x1 * s], dim=-1)
+
+
+class _Block(nn.Module):
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        d, f = cfg.d_model, cfg.ffn_size
+        self.n_heads, self.head_dim = cfg.n_heads, cfg.d_model // cfg.n_heads
+        self.attn_norm = nn.RMSNorm(d, eps=cfg.norm_eps)
+        self.qkv = nn.Linear(d, 3 * d, bias=False)
+        self.o = nn.Linear(d, d, bias=False)
+        self.mlp_norm = nn.RMSNorm(d, eps=cfg.norm_eps)
+        self.gate_up = nn.Linear(d, 2 * f, bias=False)
+        self.down = nn.Linear(f, d, bias=False)
+
+    def forward(self, x, cos, sin, attn: BlockDiffAttention):
+        N = x.shape[0]
+        q, k, v = self.qkv(self.attn_norm(x)).view(N, 3, self.n_heads, self.head_dim).unbind(1)
+        q, k = _apply_rope(q, cos, sin), _apply_rope(k, cos, sin)
+        x = x + self.o(attn(q, k, v).reshape(N, -1))
+        g, u = self.gate_up(self.mlp_norm(x)).chunk(2, dim=-1)
+        return x + self.down(F.silu(g) * u)
+
+
+class DiffusionLM(nn.Module):
+    """A small LLaDA-style bidirectional transformer; attention is restricted only by the layout.
+
+    Parameters
+    ----------
+    cfg : ModelConfig
+        With ``vocab_size`` > 0.
+    """
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        if cfg.vocab_size < 1:
+            raise ValueError("model.vocab_size: must be set (>= 1) before building the model")
+        self.cfg = cfg
+        self.embed = nn.Embedding(cfg.vocab_size, cfg.d_model)
+        self.blocks = nn.ModuleList(_Block(cfg) for _ in range(cfg.n_layers))
+        self.norm = nn.RMSNorm(cfg.d_model, eps=cfg.norm_eps)
+        self.lm_head = nn.Linear(cfg.d_model, cfg.vocab_size, bias=False)
+        if cfg.tie_embeddings:
+            self.lm_head.weight = self.embed.weight
+        cos, sin = _rope_tables(cfg.max_position, cfg.d_model // cfg.n_heads, cfg.rope_theta)
+        self.register_buffer("rope_cos", cos, persistent=False)
+        self.register_buffer("rope_sin", sin, persistent=False)
+        self.reset_parameters()
+
+    def reset_parameters(self):
+        std = self.cfg.init_std
+        for name, p in self.named_parameters():
+            if p.dim() == 2:
+                # residual projections scaled down with depth (GPT-2)
+                s = std / math.sqrt(2 * self.cfg.n_layers) if name.endswith(("o.weight", "down.weight")) else std
+                nn.init.normal_(p, 0.0, s)
+
+    def forward(self, input_ids: torch.Tensor, attn: BlockDiffAttention,
+                output_index: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """Logits of the tokens at ``output_index``.
+
+        Parameters
+        ----------
+        input_ids : torch.Tensor, int64, [N]
+            Tokens in the order of ``attn.layout``.
+        attn : BlockDiffAttention
+            Prepared for this batch's layout (positions come from it).
+        output_index : torch.Tensor, int64, [M], optional
+            Token indices whose logits to return (default: all N).
+
+        Returns
+        -------
+        torch.Tensor, float32, [M, vocab_size]
+        """
+        pos = attn.position
+        if pos.numel() and int(pos.max()) >= self.cfg.max_position:
+            raise ValueError(f"input_ids: position {int(pos.max())} exceeds model.max_position = {self.cfg.max_position}")
+        cos, sin = self.rope_cos[pos], self.rope_sin[pos]
+        x = self.embed(input_ids)
+        for blk in self.blocks:
+            x = blk(x, cos, sin, attn)
+        if output_index is not None:
+            x = x[output_index]
+        return self.lm_head(self.norm(x)).float()
+
+
+class HFDiffusionLM(nn.Module):
+    """Adapter: a Hugging Face model that accepts a 4-D attention mask, driven by a block-diffusion layout.
+
+    The layout becomes an additive [1, 1, N, N] mask (0 where allowed, the dtype's minimum
+    elsewhere) and ``position_ids`` [1, N]; the model's own causal mask is bypassed, as
+    transformers does for any 4-D mask. ``transformers`` is an optional import.
+
+    Parameters
+    ----------
+    model : transformers.PreTrainedModel
+        A ``*ForCausalLM`` (or any model with ``.model`` returning hidden states and ``.lm_head``),
+        or a bare model whose output has ``logits``.
+    """
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model
+
+    @classmethod
+    def from_config(cls, cfg: ModelConfig) -> "HFDiffusionLM":
+        """Build from ``cfg.hf_config`` with random weights (local config, nothing downloaded)."""
+        try:
+            from transformers import AutoConfig, AutoModelForCausalLM
+        except ImportError:
+            raise ValueError("model.kind: 'hf' needs the optional package transformers") from None
+        kw = dict(cfg.hf_config)
+        kw.setdefault("vocab_size", cfg.vocab_size)
+        model_type = kw.pop("model_type")
+        impl = kw.pop("attn_implementation", "sdpa")  # eager and sdpa take 4-D masks; flash-attn does not
+        hf_cfg = AutoConfig.for_model(model_type, **kw)
+        return cls(AutoModelForCausalLM.from_config(hf_cfg, attn_implementation=impl))
+
+    def forward(self, input_ids, attn: BlockDiffAttention, output_index=None):
+        """Same contract as :meth:`DiffusionLM.forward`."""
+        dtype = next(self.model.parameters()).dtype
+        allowed = dense_mask(attn.layout)
+        mask = torch.zeros(allowed.shape, dtype=dtype, device=input_ids.device)
+        mask.masked_fill_(~allowed, torch.finfo(dtype).min)
+        kw = dict(input_ids=input_ids[None], attention_mask=mask[None, None], position_ids=attn.position[None])
+        body = getattr(self.model, "model", None)
+        head = getattr(self.model, "lm_head", None)
+        if body is not None and head is not None:
+            h = body(**kw, use_cache=False).last_hidden_state[0]
+            if output_index is not None:
+                h = h[output_index]
+            return head(h).float()
+        logits = self.model(**kw, use_cache=False).logits[0]
+        return (logits if output_index is None else logits[output_index]).float()
+
+
+def build_model(cfg: ModelConfig) -> nn.Module:
+    """The model a config describes (``vocab_size`` must be filled in)."""
+    if cfg.kind == "hf":
+        return HFDiffusionLM.from_config(cfg)
+    return DiffusionLM(cfg)

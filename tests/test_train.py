@@ -1,0 +1,268 @@
+"""The reference SFT loop: loss goes down, normalizations, accumulation and DDP equal one big batch,
+resume continues bit-identically (also after SIGKILL mid-checkpoint), bad checkpoints are refused."""
+from __future__ import annotations
+
+import csv
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from _sft import records, tiny_config
+from dllm_masks.blockdiff import BlockDiffAttention, training_layout
+from dllm_masks.data import CompactTokenizer, MaskConfig, load_samples, load_tokenizer, mask_batch, pack, tokenize_samples
+from dllm_masks.train import checkpoint as ck
+from dllm_masks.train.config import TrainConfig, load_config
+from dllm_masks.train.loop import train
+from dllm_masks.train.loss import loss_terms, masked_index, normalizer
+from dllm_masks.train.model import DiffusionLM, ModelConfig
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _env():
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join([str(REPO), env.get("PYTHONPATH", "")])
+    env.update(OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
+    return env
+
+
+def _losses(run_dir):
+    with open(Path(run_dir) / "log.csv") as f:
+        return [(int(r["step"]), r["loss"]) for r in csv.DictReader(f)]
+
+
+def _final_params(run_dir):
+    step, path = ck.latest_checkpoint(str(Path(run_dir) / "checkpoints"))
+    return step, ck.load_checkpoint(path)["model"]
+
+
+@pytest.fixture(scope="module")
+def batch():
+    base = load_tokenizer("deepseek")
+    samples = load_samples(records(12))
+    tok = CompactTokenizer(base, {i for s in samples for i in base.encode(s.prompt + s.answer)[0]})
+    seqs = tokenize_samples(samples, tok, block_size=8, progress=False)
+    pb = pack(seqs, list(range(len(seqs))), 2048)[0]
+    return tok, mask_batch(pb, MaskConfig(block_size=8), mask_token_id=tok.mask_id, seed=0)
+
+
+def _small_model(vocab):
+    torch.manual_seed(0)
+    return DiffusionLM(ModelConfig(vocab_size=vocab, d_model=32, n_layers=2, n_heads=2, max_position=256))
+
+
+def test_loss_falls_on_a_fixed_batch(batch):
+    tok, b = batch
+    model = _small_model(tok.vocab_size)
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-2)
+    attn = BlockDiffAttention(training_layout(b.cu_seqlens, 8, views=2), "sdpa_docs")
+    idx = masked_index(b)
+    losses = []
+    for _ in range(25):
+        s, _ = loss_terms(model(b.input_ids, attn, idx), b, idx, "masked")
+        loss = s / normalizer(b, "masked")
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(float(loss.detach()))
+    assert losses[-1] < 0.5 * losses[0], losses
+
+
+def test_loss_normalizations(batch):
+    tok, b = batch
+    model = _small_model(tok.vocab_size)
+    attn = BlockDiffAttention(training_layout(b.cu_seqlens, 8, views=2), "sdpa")
+    idx = masked_index(b)
+    with torch.no_grad():
+        logits = model(b.input_ids, attn, idx)
+    ce = F.cross_entropy(logits, b.labels[idx], reduction="none")
+    w = b.loss_weight[idx]
+    s_masked, m = loss_terms(logits, b, idx, "masked")
+    assert m == b.num_masked == idx.numel()
+    torch.testing.assert_close(s_masked / normalizer(b, "masked"), (w * ce).sum() / m)
+    torch.testing.assert_close(loss_terms(logits, b, idx, "maskable")[0] / normalizer(b, "maskable"),
+                               (w * ce).sum() / b.maskable_per_seq.sum())
+    # per sequence: mean over the 2B noisy sequences of their own sums over their maskable counts
+    seq = b.seq_of_token[idx]
+    per = torch.zeros(b.num_seqs).index_add_(0, seq, w * ce) / b.maskable_per_seq
+    torch.testing.assert_close(loss_terms(logits, b, idx, "sequence")[0] / normalizer(b, "sequence"), per.mean())
+    # the "sigma" weights are 1/σ and 1/(1-σ): with complementary views they are >= 1/0.8
+    assert bool((w >= 1 / 0.8 - 1e-6).all()) and bool((w <= 1 / 0.2 + 1e-4).all())
+
+
+def test_accumulation_equals_one_big_batch(tmp_path):
+    a = train(tiny_config(tmp_path / "one", max_steps=3, data__token_budget=2048), evaluate=False)
+    b = train(tiny_config(tmp_path / "acc", max_steps=3, data__token_budget=96), evaluate=False)
+    rows = list(csv.DictReader(open(tmp_path / "acc" / "log.csv")))
+    assert all(int(r["micro_batches"]) >= 3 for r in rows)
+    for x, y in zip(a["losses"], b["losses"]):
+        assert abs(x - y) < 1e-5 * abs(x)
+    pa, pb = _final_params(tmp_path / "one")[1], _final_params(tmp_path / "acc")[1]
+    for k in pa:
+        torch.testing.assert_close(pa[k], pb[k], rtol=1e-4, atol=1e-6)
+
+
+def test_resume_is_bit_identical(tmp_path):
+    full = train(tiny_config(tmp_path / "full"), evaluate=False)
+    part = train(tiny_config(tmp_path / "part", ckpt_every=2), stop_after=3, evaluate=False)
+    assert part["steps"] == 3 and len(ck.list_checkpoints(str(tmp_path / "part" / "checkpoints"))) == 2
+    rest = train(tiny_config(tmp_path / "part", ckpt_every=2), evaluate=False)
+    assert rest["start_step"] == 3 and rest["steps"] == 6
+    assert _losses(tmp_path / "full") == _losses(tmp_path / "part")
+    assert full["losses"][3:] == rest["losses"]
+    (s1, p1), (s2, p2) = _final_params(tmp_path / "full"), _final_params(tmp_path / "part")
+    assert s1 == s2 == 6 and all(torch.equal(p1[k], p2[k]) for k in p1)
+    # a finished run resumed again has nothing to do
+    again = train(tiny_config(tmp_path / "part"), evaluate=False)
+    assert again["losses"] == [] and again["steps"] == 6
+
+
+def test_sigkill_during_checkpoint_write_then_resume(tmp_path):
+    """Kill -9 a run while it writes a checkpoint; the resumed run matches an uninterrupted one."""
+    cfg = tiny_config(tmp_path / "run", ckpt_every=2, keep_ckpts=5)
+    cfg_path = tmp_path / "cfg.json"
+    cfg_path.write_text(json.dumps(cfg))
+    marker = tmp_path / "paused"
+    env = _env()
+    env.update(DLLM_MASKS_CKPT_PAUSE_STEP="4", DLLM_MASKS_CKPT_PAUSE_FILE=str(marker))
+    cmd = [sys.executable, "-m", "dllm_masks.cli", "train", "--config", str(cfg_path), "--no-progress"]
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.time() + 120
+        while not marker.exists():
+            assert proc.poll() is None, proc.stdout.read().decode()[-3000:]
+            assert time.time() < deadline, "the writer never reached the pause point"
+            time.sleep(0.1)
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == -signal.SIGKILL
+    ckdir = tmp_path / "run" / "checkpoints"
+    names = sorted(os.listdir(ckdir))
+    assert names[0] == "step-00000002.pt" and any(".tmp-" in n for n in names), names
+    half = [n for n in names if ".tmp-" in n][0]
+    with pytest.raises(ck.CheckpointError, match="truncated"):
+        ck.load_checkpoint(str(ckdir / half))
+    assert [s for s, _ in _losses(tmp_path / "run")] == [1, 2, 3, 4]  # steps 3-4 ran but were not saved
+
+    out = subprocess.run(cmd, env=_env(), capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    assert "resuming from" in out.stdout and "step 2)" in out.stdout
+    assert not any(".tmp-" in n for n in os.listdir(ckdir))
+    ref = train(tiny_config(tmp_path / "ref"), evaluate=False)
+    assert _losses(tmp_path / "run") == _losses(tmp_path / "ref")
+    p1, p2 = _final_params(tmp_path / "run")[1], _final_params(tmp_path / "ref")[1]
+    assert all(torch.equal(p1[k], p2[k]) for k in p1)
+    assert len(ref["losses"]) == 6
+
+
+def test_bad_checkpoints_are_refused(tmp_path):
+    data = tmp_path / "d.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in records()))
+    train(tiny_config(tmp_path / "r", max_steps=2, data__source=str(data)), evaluate=False)
+    step, path = ck.latest_checkpoint(str(tmp_path / "r" / "checkpoints"))
+    raw = bytearray(Path(path).read_bytes())
+    # a different config
+    with pytest.raises(ck.CheckpointError, match=r"another config \(mask.weight: 2.0 -> 1.0"):
+        train(tiny_config(tmp_path / "r", max_steps=2, mask__weight=1.0, data__source=str(data)), evaluate=False)
+    # the same data file with other contents
+    data.write_text("".join(json.dumps(r) + "\n" for r in records(seed=1)))
+    with pytest.raises(ck.CheckpointError, match="data or tokenizer changed"):
+        train(tiny_config(tmp_path / "r", max_steps=2, data__source=str(data)), evaluate=False)
+    data.write_text("".join(json.dumps(r) + "\n" for r in records()))
+    # a flipped byte
+    raw[len(raw) // 2] ^= 0xFF
+    Path(path).write_bytes(bytes(raw))
+    with pytest.raises(ck.CheckpointError, match="corrupt"):
+        train(tiny_config(tmp_path / "r", max_steps=2, data__source=str(data)), evaluate=False)
+    # not a checkpoint
+    Path(path).write_bytes(b"hello")
+    with pytest.raises(ck.CheckpointError, match="not a dllm-masks checkpoint"):
+        ck.load_checkpoint(path)
+    # resume=False starts over instead
+    res = train(tiny_config(tmp_path / "r", max_steps=2, data__source=str(data)), resume=False, evaluate=False)
+    assert res["start_step"] == 0 and res["steps"] == 2
+
+
+def test_torchrun_two_ranks_match_one_process(tmp_path):
+    cfg = tiny_config(tmp_path / "ddp", max_steps=3)
+    cfg_path = tmp_path / "cfg.json"
+    cfg_path.write_text(json.dumps(cfg))
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+           "-m", "dllm_masks.cli", "train", "--config", str(cfg_path), "--no-progress"]
+    env = _env()
+    env.pop("RANK", None), env.pop("WORLD_SIZE", None)
+    out = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    res = json.loads((tmp_path / "ddp" / "result.json").read_text())
+    assert res["world_size"] == 2
+    one = train(tiny_config(tmp_path / "one", max_steps=3), evaluate=False)
+    ddp_losses = [float(x) for _, x in _losses(tmp_path / "ddp")]
+    for x, y in zip(one["losses"], ddp_losses):
+        assert abs(x - y) < 1e-5 * abs(x)
+    p1, p2 = _final_params(tmp_path / "one")[1], _final_params(tmp_path / "ddp")[1]
+    for k in p1:
+        torch.testing.assert_close(p1[k], p2[k], rtol=1e-4, atol=1e-6)
+
+
+def test_generation_eval_end_to_end(tmp_path):
+    pytest.importorskip("dllm_masks.train.evaluate")
+    res = train(tiny_config(tmp_path / "g", max_steps=2, data__eval_fraction=0.25,
+                            eval={"generate": 3, "generate_train": 1, "gen_length": 12, "steps_per_block": 4}))
+    m = res["metrics"]
+    assert 0.0 <= m["math_accuracy"] <= 1.0 and m["math_n"] >= 1
+    assert 0.0 <= m["code_pass@1"] <= 1.0 and m["code_n"] >= 1
+    assert sum(m["code_status"].values()) == m["code_n"]
+    gens = res["generations"]
+    assert len(gens) == 4 and {g["split"] for g in gens} == {"held-out", "train"}
+    assert all(isinstance(g["generated"], str) and "<mask>" not in g["generated"] for g in gens)
+    assert res["eval_loss"] is not None and os.path.isfile(res["plot"])
+
+
+def test_config_refusals(tmp_path):
+    with pytest.raises(ValueError, match="optim.nope: unknown config key"):
+        TrainConfig.from_dict({"optim": {"nope": 1}})
+    with pytest.raises(ValueError, match="loss_norm"):
+        TrainConfig.from_dict({"loss_norm": "mean"})
+    with pytest.raises(ValueError, match="data.token_budget"):
+        TrainConfig.from_dict({"data": {"token_budget": 64, "max_length": 128}})
+    with pytest.raises(ValueError, match="model.n_heads"):
+        TrainConfig.from_dict({"model": {"d_model": 30, "n_heads": 4}})
+    with pytest.raises(ValueError, match="--config"):
+        load_config(str(tmp_path / "missing.json"))
+    c = load_config(None, ["mask.weight=1.5", "data.tokenizer=deepseek", "eval.generate=2"])
+    assert c.mask.weight == 1.5 and c.data.tokenizer == "deepseek" and c.eval.generate == 2
+
+
+def test_hf_adapter_matches_layout(batch):
+    pytest.importorskip("transformers")
+    from dllm_masks.train.model import HFDiffusionLM
+
+    tok, b = batch
+    cfg = ModelConfig(kind="hf", vocab_size=tok.vocab_size, hf_config={
+        "model_type": "llama", "hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2,
+        "num_attention_heads": 2, "num_key_value_heads": 2, "max_position_embeddings": 256})
+    torch.manual_seed(0)
+    model = HFDiffusionLM.from_config(cfg).eval()
+    lay = training_layout(b.cu_seqlens, 8, views=2)
+    idx = masked_index(b)
+    with torch.no_grad():
+        out = model(b.input_ids, BlockDiffAttention(lay, "sdpa"), idx)
+        # changing a token in a later block of the noisy view must not change earlier blocks' logits
+        first = int(idx[0])
+        ids = b.input_ids.clone()
+        ids[first + 8 - first % 8:first + 16 - first % 8] = 5
+        out2 = model(ids, BlockDiffAttention(lay, "sdpa"), idx[:1])
+    assert out.shape == (idx.numel(), tok.vocab_size)
+    torch.testing.assert_close(out[:1], out2)
