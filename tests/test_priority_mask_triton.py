@@ -325,3 +325,21 @@ def test_torch_compile_fullgraph_two_shapes():
         eager = step(*args)  # eager first: ops.py logs its first dispatch, which dynamo cannot trace
         for a, b in zip(compiled(*args), eager):
             assert torch.equal(a, b)
+
+
+# --------------------------------------------------------------------------------------------
+# benchmarks/gpu_check.py: its dry run (interpreter, tiny sizes) walks every phase but the tests
+# --------------------------------------------------------------------------------------------
+@pytest.mark.skipif(not INTERPRET, reason="the dry run is the CPU stand-in for the GPU run")
+def test_gpu_check_dry_run(tmp_path):
+    r = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "gpu_check.py"), "--dry-run", "--out", str(tmp_path),
+                        "--skip", "pytest,variants", "--sizes", "4096", "--providers", "copy,triton,dfactory,ref"],
+                       cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, (r.stdout + r.stderr)[-3000:]
+    rec = json.loads((tmp_path / "gpu_check.json").read_text())
+    assert rec["dry_run"] and rec["env"]["ptx_ok"]
+    assert all(v["ok"] for v in rec["graph"].values()) and set(rec["graph"]) == {"block_size=None", "block_size=32"}
+    assert {row["provider"] for row in rec["results"]} == {"copy", "triton", "dfactory", "ref"}
+    assert all(row["median_ms"] > 0 and row["T"] == 4096 for row in rec["results"])
+    assert all(t["pass"] is None for t in rec["targets"].values())  # nothing at 1M/16M: not measured
+    assert "DRY RUN" in r.stdout and (tmp_path / "mask_kernel.ptx").stat().st_size > 1000

@@ -426,11 +426,14 @@ def _mask_kernel(
 # Launcher
 # ---------------------------------------------------------------------------------------------
 class LaunchSettings(NamedTuple):
-    """``tile`` tokens per vector step (four per Philox call), ``chunk`` tokens per program, warps."""
+    """``tile`` tokens per vector step (four per Philox call), ``chunk`` tokens per program, warps of
+    the mask kernel, and warps of the stats kernel when it does no exact selection (it then only
+    maps programs and counts the chunks of long segments)."""
 
     tile: int
     chunk: int
     num_warps: int
+    stats_warps: int = 1
 
 
 _override: Optional[LaunchSettings] = None  # tests shrink tile and chunk to reach the multi-chunk paths
@@ -523,14 +526,15 @@ def priority_mask_triton(input_ids, cu_seqlens, sigma, priority, maskable, promp
     scalars = (S, w_bits, _weight_mode(w), 0 if sig.numel() == 1 else 1, int(sample_ids is not None))
     flags = dict(CHUNK=st.chunk, G=st.tile // 4, SEG_IS_SEQ=K == 0, HAS_PRIO=priority is not None,
                  HAS_MASKABLE=maskable is not None, HAS_PROMPT=prompt_lens is not None, EXACT=bool(exact))
-    launch = dict(num_warps=st.num_warps, enable_fp_fusion=False)
 
     _stats_kernel[(grid,)](cu, segstart, segseq, sig, prio, mk, plen, sid, rng, prog_seg, partial, cut,
-                           *scalars, **flags, **launch)
+                           *scalars, **flags, num_warps=st.num_warps if exact else st.stats_warps,
+                           enable_fp_fusion=False)
     _mask_kernel[(grid,)](ids, cu, segstart, segseq, sig, prio, mk, plen, sid, rng,
                           noisy, masked, labels, lw if loss_weight_mode else dummy, rates, prog_seg, partial, cut,
                           T, *scalars, int(loss_weight_mode), int(mask_token_id),
-                          **flags, COMPLEMENT=bool(complementary), HAS_LW=bool(loss_weight_mode), **launch)
+                          **flags, COMPLEMENT=bool(complementary), HAS_LW=bool(loss_weight_mode),
+                          num_warps=st.num_warps, enable_fp_fusion=False)
     return noisy, masked, labels, lw, rates
 
 
