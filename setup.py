@@ -50,6 +50,7 @@ if not SKIP:
                     include_dirs=[os.path.join(HERE, "csrc")],
                     extra_compile_args=["-O3", "-fopenmp", "-ffp-contract=off", "-std=c++17"],
                     extra_link_args=["-fopenmp"],
+                    optional=not REQUIRE,  # a failed build leaves nothing to copy in place (pip install -e)
                 )
             ]
             cmdclass = {"build_ext": OptionalBuildExt.with_options(use_ninja=False)}

@@ -1,0 +1,22 @@
+// dllm_masks::priority_mask on CPU tensors: the C++ kernel behind the op of dllm_masks/ops.py.
+#pragma once
+
+#include <ATen/core/Tensor.h>
+
+#include <optional>
+#include <tuple>
+
+namespace dllm_masks {
+
+// The op's normalized arguments (see SCHEMA in dllm_masks/ops.py and priority_mask_ref in
+// dllm_masks/reference.py) and the same 5-tuple: noisy_ids [V*T], masked [V*T], labels [V*T],
+// loss_weight [V*T] (or [0]), rates [S, 2]. Every argument is checked (TypeError / ValueError
+// naming it) before any data pointer is dereferenced by the kernel.
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> priority_mask_cpu(
+    const at::Tensor& input_ids, const at::Tensor& cu_seqlens, const at::Tensor& sigma,
+    const std::optional<at::Tensor>& priority, const std::optional<at::Tensor>& maskable,
+    const std::optional<at::Tensor>& prompt_lens, const std::optional<at::Tensor>& sample_ids,
+    const at::Tensor& rng, double weight, int64_t block_size, int64_t num_segments, bool exact,
+    bool complementary, int64_t loss_weight_mode, int64_t mask_token_id);
+
+}  // namespace dllm_masks
