@@ -1,6 +1,8 @@
 """Block-by-block diffusion decoding: fills every mask, never touches the prompt, matches training."""
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
 
@@ -28,16 +30,17 @@ def test_transfer_schedule():
     assert sum(transfer_schedule(29, 7)) == 29
 
 
+@pytest.mark.parametrize("cache", [True, False], ids=["kv-cache", "recompute"])
 @pytest.mark.parametrize("K,gen,steps", [
     (8, 20, 8),    # answer not a multiple of the block; one token per step
     (8, 16, 3),    # several tokens per step
     (4, 9, 1),     # a whole block at once
 ])
-def test_fills_every_mask_and_keeps_prompt(model, K, gen, steps):
+def test_fills_every_mask_and_keeps_prompt(model, K, gen, steps, cache):
     g = torch.Generator().manual_seed(1)
-    prompts = [torch.randint(3, VOCAB, (n,), generator=g).tolist() for n in (5, 8, 1, 13)]  # 8: on a block edge
+    prompts = [torch.randint(3, VOCAB, (n,), generator=g).tolist() for n in (5, 8, 1, 13, 0)]  # 8: on a block edge
     outs = generate(model, prompts, mask_id=MASK, eos_id=EOS, block_size=K, gen_length=gen, steps_per_block=steps,
-                    stop_at_eos=False)
+                    stop_at_eos=False, cache=cache)
     for p, o in zip(prompts, outs):
         assert o.shape == (len(p) + gen,)
         assert o[:len(p)].tolist() == p
@@ -55,6 +58,24 @@ def test_batched_equals_one_by_one(model):
     dense = generate(model, prompts, **{**kw, "attention": "sdpa"})
     for a, b in zip(together, dense):
         assert torch.equal(a, b)
+
+
+def test_kv_cache_gives_the_same_tokens(model, monkeypatch):
+    import dllm_masks.train.model as M
+
+    m64 = copy.deepcopy(model).double()  # float64: the two summation orders cannot flip an argmax
+    g = torch.Generator().manual_seed(4)
+    prompts = [torch.randint(3, VOCAB, (n,), generator=g).tolist() for n in (3, 17, 8, 30)]
+    kw = dict(mask_id=MASK, eos_id=EOS, block_size=8, gen_length=21, steps_per_block=4, stop_at_eos=False)
+    calls = []
+    real = M.forward_block
+    monkeypatch.setattr(M, "forward_block", lambda *a, **k: calls.append(a[1].shape) or real(*a, **k))
+    a = generate(m64, prompts, cache=True, **kw)
+    # prompt blocks (0 + 2 + 1 + 3 over 3 calls), then per round 4 steps + 1 cache write (none after the last)
+    assert len(calls) == 3 + 3 * (4 + 1) + 4 and all(s[1] == 8 for s in calls)
+    b = generate(m64, prompts, cache=False, **kw)
+    assert len(calls) == 3 + 3 * (4 + 1) + 4  # the recompute path does not use the cache
+    assert all(torch.equal(x, y) for x, y in zip(a, b))
 
 
 def test_sampling_and_eos_stop(model):

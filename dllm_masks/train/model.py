@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from .. import validation as V
 from ..blockdiff import ATTENTION_MODES, BlockDiffAttention, dense_mask
 
-__all__ = ["ModelConfig", "DiffusionLM", "HFDiffusionLM", "build_model"]
+__all__ = ["ModelConfig", "DiffusionLM", "HFDiffusionLM", "build_model", "forward_block"]
 
 
 @dataclass
@@ -43,6 +43,12 @@ class ModelConfig:
     hf_config : dict
         For ``kind="hf"``: keyword arguments of ``transformers.AutoConfig.for_model`` (with
         ``model_type``); ``vocab_size`` is filled in from the tokenizer when absent.
+        ``attn_implementation`` (default ``"sdpa"``; ``"eager"`` also takes 4-D masks).
+    hf_pretrained : str
+        For ``kind="hf"``: a local folder with a pretrained model (``from_pretrained`` with
+        ``local_files_only=True``; nothing is downloaded). Empty: random weights from ``hf_config``.
+    hf_trust_remote_code : bool
+        Allow the folder's own modelling code (LLaDA 2.0 ships its own).
     """
 
     kind: str = "tiny"
@@ -58,6 +64,8 @@ class ModelConfig:
     tie_embeddings: bool = False
     attention: str = "auto"
     hf_config: dict = field(default_factory=dict)
+    hf_pretrained: str = ""
+    hf_trust_remote_code: bool = False
 
     def __post_init__(self):
         V.check_choice("model.kind", self.kind, ("tiny", "hf"))
@@ -70,8 +78,11 @@ class ModelConfig:
         V.check_choice("model.attention", self.attention, ATTENTION_MODES)
         if not isinstance(self.hf_config, dict):
             raise TypeError(f"model.hf_config: expected a dict, got {type(self.hf_config).__name__}")
-        if self.kind == "hf" and "model_type" not in self.hf_config:
-            raise ValueError("model.hf_config: needs a 'model_type' (e.g. 'llama') for kind='hf'")
+        if not isinstance(self.hf_pretrained, str):
+            raise TypeError(f"model.hf_pretrained: expected a path string, got {type(self.hf_pretrained).__name__}")
+        if self.kind == "hf" and not self.hf_pretrained and "model_type" not in self.hf_config:
+            raise ValueError("model.hf_config: needs a 'model_type' (e.g. 'llama') for kind='hf' "
+                             "without hf_pretrained")
 
     @property
     def ffn_size(self) -> int:
@@ -106,7 +117,8 @@ class _Block(nn.Module):
         self.gate_up = nn.Linear(d, 2 * f, bias=False)
         self.down = nn.Linear(f, d, bias=False)
 
-    def forward(self, x, cos, sin, attn: BlockDiffAttention):
+    def forward(self, x, cos, sin, attn):
+        """x [N, d]; ``attn(q, k, v)`` on [N, H, Dh] (a :class:`BlockDiffAttention` or a closure)."""
         N = x.shape[0]
         q, k, v = self.qkv(self.attn_norm(x)).view(N, 3, self.n_heads, self.head_dim).unbind(1)
         q, k = _apply_rope(q, cos, sin), _apply_rope(k, cos, sin)
@@ -197,17 +209,27 @@ class HFDiffusionLM(nn.Module):
 
     @classmethod
     def from_config(cls, cfg: ModelConfig) -> "HFDiffusionLM":
-        """Build from ``cfg.hf_config`` with random weights (local config, nothing downloaded)."""
+        """Build from ``cfg.hf_pretrained`` (a local folder) or ``cfg.hf_config`` (random weights)."""
         try:
             from transformers import AutoConfig, AutoModelForCausalLM
         except ImportError:
             raise ValueError("model.kind: 'hf' needs the optional package transformers") from None
         kw = dict(cfg.hf_config)
+        impl = kw.pop("attn_implementation", "sdpa")  # eager and sdpa take 4-D masks; flash-attn does not
+        if cfg.hf_pretrained:
+            import os
+
+            if not os.path.isdir(cfg.hf_pretrained):
+                raise ValueError(f"model.hf_pretrained: {cfg.hf_pretrained!r} is not a local folder "
+                                 "(no hub downloads at run time)")
+            return cls(AutoModelForCausalLM.from_pretrained(
+                cfg.hf_pretrained, local_files_only=True, trust_remote_code=cfg.hf_trust_remote_code,
+                attn_implementation=impl, **kw))
         kw.setdefault("vocab_size", cfg.vocab_size)
         model_type = kw.pop("model_type")
-        impl = kw.pop("attn_implementation", "sdpa")  # eager and sdpa take 4-D masks; flash-attn does not
         hf_cfg = AutoConfig.for_model(model_type, **kw)
-        return cls(AutoModelForCausalLM.from_config(hf_cfg, attn_implementation=impl))
+        return cls(AutoModelForCausalLM.from_config(hf_cfg, attn_implementation=impl,
+                                                    trust_remote_code=cfg.hf_trust_remote_code))
 
     def forward(self, input_ids, attn: BlockDiffAttention, output_index=None):
         """Same contract as :meth:`DiffusionLM.forward`."""
@@ -225,6 +247,56 @@ class HFDiffusionLM(nn.Module):
             return head(h).float()
         logits = self.model(**kw, use_cache=False).logits[0]
         return (logits if output_index is None else logits[output_index]).float()
+
+
+def _cached_attention(R: int, Kb: int, valid: torch.Tensor, past, store: list):
+    """Attention of a block's queries over cached clean keys plus the block's own keys (decoding)."""
+    def attend(q, k, v):
+        H, Dh = q.shape[1:]
+        q, k, v = (t.reshape(R, Kb, H, Dh) for t in (q, k, v))
+        store.append((k, v))
+        mask = valid
+        if past is not None:
+            pk, pv, pm = past
+            k, v, mask = torch.cat([pk, k], 1), torch.cat([pv, v], 1), torch.cat([pm, valid], 1)
+        o = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2),
+                                           attn_mask=mask[:, None, None, :])
+        return o.transpose(1, 2).reshape(R * Kb, H, Dh)
+    return attend
+
+
+def forward_block(model: "DiffusionLM", ids: torch.Tensor, pos: torch.Tensor, valid: torch.Tensor, cache=None,
+                  output_index: Optional[torch.Tensor] = None):
+    """One block per row against a key/value cache of the clean blocks before it (decoding).
+
+    Under the block-diffusion rule a block's queries (noisy or clean) attend exactly the clean
+    blocks before it and their own block, and the clean blocks never attend anything later, so
+    their keys and values can be computed once and cached.
+
+    Parameters
+    ----------
+    model : DiffusionLM
+    ids, pos : torch.Tensor, int64, [R, Kb]
+        Tokens and positions of one block per row (padding anywhere, marked in ``valid``).
+    valid : torch.Tensor, bool, [R, Kb]
+    cache : list of (k, v, mask) per layer, optional
+        Keys and values [R, P, H, Dh] of each row's clean prefix, with a bool key mask [R, P].
+    output_index : torch.Tensor, int64, [M], optional
+        Flat indices into [R·Kb] whose logits to return (default: none).
+
+    Returns
+    -------
+    (logits float32 [M, vocab] or None, list per layer of (k, v) of the block, each [R, Kb, H, Dh])
+    """
+    R, Kb = ids.shape
+    p = pos.reshape(-1)
+    cos, sin = model.rope_cos[p], model.rope_sin[p]
+    x = model.embed(ids.reshape(-1))
+    new = []
+    for li, blk in enumerate(model.blocks):
+        x = blk(x, cos, sin, _cached_attention(R, Kb, valid, None if cache is None else cache[li], new))
+    logits = None if output_index is None else model.lm_head(model.norm(x[output_index])).float()
+    return logits, new
 
 
 def build_model(cfg: ModelConfig) -> nn.Module:
