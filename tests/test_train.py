@@ -227,7 +227,39 @@ def test_generation_eval_end_to_end(tmp_path):
     gens = res["generations"]
     assert len(gens) == 4 and {g["split"] for g in gens} == {"held-out", "train"}
     assert all(isinstance(g["generated"], str) and "<mask>" not in g["generated"] for g in gens)
-    assert res["eval_loss"] is not None and os.path.isfile(res["plot"])
+    h = res["heldout"]
+    assert res["eval_loss"] == h["loss"] and h["tokens"] > 0 and 0.0 <= h["acc"] <= 1.0
+    assert h["dense_acc"] is not None and h["other_acc"] is not None  # the hand-made spans mark dense tokens
+    assert os.path.isfile(res["plot"])
+
+
+def test_heldout_metrics_use_the_same_masks_for_every_recipe(tmp_path, monkeypatch):
+    """Held-out masks are uniform and fixed: runs that differ only in w and seed see the same ones."""
+    import dllm_masks.train.loop as L
+    from dllm_masks.data.dataset import build_data
+
+    cfg_a = TrainConfig.from_dict(tiny_config(tmp_path / "a", data__eval_fraction=0.25))
+    cfg_b = TrainConfig.from_dict(tiny_config(tmp_path / "b", seed=9, mask__weight=5.0, data__eval_fraction=0.25))
+    data = build_data(cfg_a.data, 8, cfg_a.seed, progress=False)
+    model = _small_model(data.tokenizer.vocab_size)
+    ha = L.evaluate_heldout(model, data, cfg_a, torch.device("cpu"))
+    hb = L.evaluate_heldout(model, data, cfg_b, torch.device("cpu"))
+    assert ha == hb and ha["tokens"] > 0 and ha["acc"] < 0.5
+
+    # the metric itself: a model that predicts every label scores 1.0 with a near-zero loss
+    real, seen = L.mask_batch, {}
+
+    def spy(pb, *a, **k):
+        seen["batch"] = real(pb, *a, **k)
+        return seen["batch"]
+
+    class Oracle(torch.nn.Module):
+        def forward(self, ids, attn, idx):
+            return F.one_hot(seen["batch"].labels[idx], data.tokenizer.vocab_size).float() * 50
+
+    monkeypatch.setattr(L, "mask_batch", spy)
+    h = L.evaluate_heldout(Oracle(), data, cfg_a, torch.device("cpu"))
+    assert h["acc"] == h["dense_acc"] == h["other_acc"] == 1.0 and h["loss"] < 1e-6
 
 
 def test_config_refusals(tmp_path):

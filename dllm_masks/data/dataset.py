@@ -85,6 +85,9 @@ def build_data(data_cfg, block_size: int, seed: int, *, progress: bool = True, l
         from .annotate import annotate_fraction
 
         train_s = annotate_fraction(train_s, data_cfg.annotate, seed=seed, progress=progress)
+        # held-out samples are annotated in full: their priority bits only split the held-out
+        # accuracy into dense tokens and the rest (held-out masks are uniform)
+        eval_s = annotate_fraction(eval_s, {d: 1.0 for d in data_cfg.annotate}, seed=seed, progress=progress)
         if log:
             n = sum(s.spans is not None for s in train_s)
             log(f"annotated {n}/{len(train_s)} training samples with the rule extractors "

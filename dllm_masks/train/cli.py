@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 
 __all__ = ["add_parser", "run", "summarize"]
 
@@ -16,8 +17,12 @@ def summarize(result: dict, echo=print) -> None:
         echo(f"trained steps {result['start_step'] + 1}-{result['steps']} in {result['train_s']:.1f} s"
              + (f" ({tps:,.0f} tokens/s)" if tps else "")
              + f"; final loss {result['final_loss']:.4f} (mean of the last steps), last {result['last_loss']:.4f}")
-    if result.get("eval_loss") is not None:
-        echo(f"held-out loss {result['eval_loss']:.4f}")
+    h = result.get("heldout") or {}
+    if h:
+        pct = lambda x: "n/a" if x is None else f"{x:.1%}"  # noqa: E731
+        echo(f"held-out loss {h['loss']:.4f}; masked-token accuracy {pct(h['acc'])} "
+             f"(information-dense tokens {pct(h['dense_acc'])}, the rest {pct(h['other_acc'])}; "
+             f"{h['tokens']} tokens, uniform masks)")
     m = result.get("metrics") or {}
     if "math_accuracy" in m:
         echo(f"held-out math accuracy (final-answer exact match): {m['math_accuracy']:.1%} of {m['math_n']}")
@@ -33,12 +38,16 @@ def run(args) -> int:
     from .config import load_config
     from .loop import train
 
-    cfg = load_config(args.config, args.set)
-    if args.print_config:
-        print(json.dumps(cfg.to_dict(), indent=1))
-        return 0
-    result = train(cfg, resume=not args.fresh, stop_after=args.stop_after,
-                   progress=False if args.no_progress else None, echo=print)
+    try:
+        cfg = load_config(args.config, args.set)
+        if args.print_config:
+            print(json.dumps(cfg.to_dict(), indent=1))
+            return 0
+        result = train(cfg, resume=not args.fresh, stop_after=args.stop_after,
+                       progress=False if args.no_progress else None, echo=print)
+    except (ValueError, TypeError) as e:  # bad config, data or checkpoint: a message, not a traceback
+        print(f"dllm-masks train: error: {e}", file=sys.stderr)
+        return 2
     if os.environ.get("RANK", "0") == "0":
         summarize(result)
     return 0

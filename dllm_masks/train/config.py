@@ -1,7 +1,7 @@
 """Run configuration: nested dataclasses read from JSON (or a dict), every key checked.
 
 A config file is JSON with the sections below; any key left out takes its default, an unknown
-key is an error. ``--set section.key=value`` on the command line overrides one (the value is
+key is an error, and keys that start with ``_`` are comments. ``--set section.key=value`` on the command line overrides one (the value is
 read as JSON when it parses, else as a string).
 """
 from __future__ import annotations
@@ -259,6 +259,7 @@ def _build(cls, d, prefix: str):
     if not isinstance(d, dict):
         raise TypeError(f"{prefix or 'config'}: expected a JSON object, got {type(d).__name__}")
     names = {f.name for f in dataclasses.fields(cls)}
+    d = {k: v for k, v in d.items() if not (isinstance(k, str) and k.startswith("_"))}  # "_comment" keys
     unknown = sorted(set(d) - names)
     if unknown:
         where = f"{prefix}." if prefix else ""

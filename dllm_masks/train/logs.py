@@ -12,7 +12,7 @@ __all__ = ["CSV_FIELDS", "RunLog", "read_log", "plot_loss"]
 
 log = logging.getLogger("dllm_masks")
 
-CSV_FIELDS = ["step", "loss", "eval_loss", "lr", "grad_norm", "tokens", "masked", "seqs", "micro_batches",
+CSV_FIELDS = ["step", "loss", "eval_loss", "eval_acc", "lr", "grad_norm", "tokens", "masked", "seqs", "micro_batches",
               "epoch", "elapsed_s"]
 
 
@@ -62,9 +62,9 @@ class RunLog:
         self._w.writerow({k: ("" if row.get(k) is None else row[k]) for k in CSV_FIELDS})
         self._f.flush()
         if self.tb is not None:
-            for k in ("loss", "eval_loss", "lr", "grad_norm"):
+            for k in ("loss", "eval_loss", "eval_acc", "lr", "grad_norm"):
                 if row.get(k) is not None:
-                    self.tb.add_scalar(f"train/{k}", row[k], row["step"])
+                    self.tb.add_scalar(f"train/{k}", float(row[k]), row["step"])
 
     def close(self) -> None:
         self._f.close()

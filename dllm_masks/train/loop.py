@@ -23,7 +23,7 @@ import torch
 import torch.distributed as dist
 
 from ..blockdiff import BlockDiffAttention, training_layout
-from ..data.collate import StepDataset, TrainBatch, mask_batch
+from ..data.collate import MaskConfig, StepDataset, TrainBatch, mask_batch
 from ..data.dataset import SFTData, build_data
 from ..data.pack import StepPlan, pack
 from . import checkpoint as ck
@@ -32,7 +32,7 @@ from .logs import RunLog, plot_loss
 from .loss import loss_terms, masked_index, normalizer
 from .model import build_model
 
-__all__ = ["train", "lr_at", "config_fingerprint", "eval_loss"]
+__all__ = ["train", "lr_at", "config_fingerprint", "evaluate_heldout", "heldout_mask_config"]
 
 log = logging.getLogger("dllm_masks")
 
@@ -128,23 +128,57 @@ def _forward_loss(model, b: TrainBatch, cfg: TrainConfig, device):
     return loss_terms(logits, b, idx, cfg.loss_norm)
 
 
+EVAL_SEED = 0x5EED  # held-out masks are the same for every run, whatever its seed or masking recipe
+
+
+def heldout_mask_config(cfg: TrainConfig) -> MaskConfig:
+    """The masking of the held-out metrics: the run's σ range and blocks, but uniform (w = 1) and
+    complementary (every answer token is scored exactly once), so that runs with different
+    weights, complement settings or seeds are measured on identical masks."""
+    m = cfg.mask
+    return MaskConfig(weight=1.0, complementary=True, sigma_low=m.sigma_low, sigma_high=m.sigma_high,
+                      block_size=m.block_size, sigma_per_block=m.sigma_per_block, sampling="bernoulli",
+                      loss_weight=m.loss_weight)
+
+
 @torch.no_grad()
-def eval_loss(model, data: SFTData, cfg: TrainConfig, device, max_samples: Optional[int] = None) -> Optional[float]:
-    """Held-out diffusion loss with fixed masks (keys independent of the step), or None without data."""
+def evaluate_heldout(model, data: SFTData, cfg: TrainConfig, device, max_samples: Optional[int] = None) -> dict:
+    """Held-out diffusion loss and masked-token accuracy on fixed masks (see :func:`heldout_mask_config`).
+
+    Returns
+    -------
+    dict: ``loss`` (normalized like training, ``cfg.loss_norm``), ``acc`` (top-1 accuracy over the
+    masked tokens), ``dense_acc`` / ``other_acc`` (the same over information-dense tokens / the
+    rest; None where there are none), ``tokens``; empty without held-out data.
+    """
     seqs = data.eval[: (max_samples or None)]
     if not seqs:
-        return None
+        return {}
     was = model.training
     model.eval()
+    mcfg = heldout_mask_config(cfg)
     try:
         keys = [EVAL_KEY_OFFSET + s.index for s in seqs]
         total, denom = 0.0, 0.0
+        hits = torch.zeros(2, dtype=torch.int64)
+        count = torch.zeros(2, dtype=torch.int64)
         for pb in pack(seqs, keys, cfg.data.token_budget):
-            b = mask_batch(pb, cfg.mask, mask_token_id=data.tokenizer.mask_id, seed=cfg.seed, device=device)
-            s, _ = _forward_loss(model, b, cfg, device)
+            b = mask_batch(pb, mcfg, mask_token_id=data.tokenizer.mask_id, seed=EVAL_SEED, device=device)
+            lay = training_layout(b.cu_seqlens, mcfg.block_size, views=b.views)
+            idx = masked_index(b)
+            with _autocast(cfg, device):
+                logits = model(b.input_ids, BlockDiffAttention(lay, cfg.model.attention), idx)
+            s, _ = loss_terms(logits, b, idx, cfg.loss_norm)
             total += float(s)
             denom += normalizer(b, cfg.loss_norm)
-        return total / max(denom, 1.0)
+            right = (logits.argmax(-1) == b.labels[idx]).cpu()
+            dense = pb.priority.repeat(b.views)[idx.cpu()].long()
+            hits += torch.bincount(dense[right], minlength=2)
+            count += torch.bincount(dense, minlength=2)
+        frac = lambda h, n: float(h) / float(n) if n else None  # noqa: E731
+        return {"loss": total / max(denom, 1.0), "acc": frac(hits.sum(), count.sum()),
+                "dense_acc": frac(hits[1], count[1]), "other_acc": frac(hits[0], count[0]),
+                "tokens": int(count.sum())}
     finally:
         model.train(was)
 
@@ -154,6 +188,10 @@ def _check_resume(state: dict, path: str, cfg: TrainConfig, data: SFTData) -> No
     if not isinstance(old, dict):
         raise ck.CheckpointError(f"checkpoint {path}: has no config fingerprint (written by another program?)")
     new = config_fingerprint(cfg)
+    # a key the checkpoint predates matches when it holds its default (options added later keep the
+    # old behaviour at their defaults)
+    default = config_fingerprint(TrainConfig())
+    old = {**{k: default[k] for k in new if k not in old and k in default}, **old}
     diff = [k for k in sorted(set(old) | set(new)) if old.get(k, "<absent>") != new.get(k, "<absent>")]
     if diff:
         shown = "; ".join(f"{k}: {old.get(k, '<absent>')!r} -> {new.get(k, '<absent>')!r}" for k in diff[:6])
@@ -190,7 +228,9 @@ def train(config, *, stop_after: Optional[int] = None, resume: bool = True, prog
     -------
     dict
         ``final_loss`` (mean training loss of the last ≤ 10 steps), ``last_loss``, ``steps``,
-        ``start_step``, ``losses`` (per step, this invocation), ``eval_loss``, ``metrics``
+        ``start_step``, ``losses`` (per step, this invocation), ``eval_loss``, ``heldout`` (the
+        dict of :func:`evaluate_heldout`: loss, masked-token accuracy overall, on dense tokens and on
+        the rest), ``metrics``
         (``math_accuracy``, ``code_pass@1``, counts), ``generations``, ``wall_s``,
         ``train_s``, ``tokens_per_s``, ``run_dir``, ``log_csv``, ``plot``, ``checkpoint``,
         ``dropped_samples``, ``world_size``.
@@ -322,11 +362,13 @@ def _train(cfg, env, stop_after, resume, show, say, evaluate, t_wall, tqdm):
             losses.append(loss)
             tokens_seen += int(n_tok)
             done = step + 1
-            ev = None
-            if cfg.eval.every and done % cfg.eval.every == 0 and data.eval:
-                ev = eval_loss(model, data, cfg, device, cfg.eval.max_samples)
+            ev = {}
+            if cfg.eval.every and done % cfg.eval.every == 0 and data.eval and env.main:
+                ev = evaluate_heldout(model, data, cfg, device, cfg.eval.max_samples)
             if runlog is not None:
-                runlog.write({"step": done, "loss": f"{loss:.6f}", "eval_loss": None if ev is None else f"{ev:.6f}",
+                runlog.write({"step": done, "loss": f"{loss:.6f}",
+                              "eval_loss": f"{ev['loss']:.6f}" if ev else None,
+                              "eval_acc": f"{ev['acc']:.4f}" if ev else None,
                               "lr": f"{lr:.6g}", "grad_norm": f"{float(gnorm):.4f}", "tokens": int(n_tok),
                               "masked": int(n_masked), "seqs": int(n_seqs), "micro_batches": len(micro),
                               "epoch": f"{plan.epoch_of(done):.3f}",
@@ -347,11 +389,12 @@ def _train(cfg, env, stop_after, resume, show, say, evaluate, t_wall, tqdm):
               "last_loss": losses[-1] if losses else None, "params": n_params, "world_size": env.world,
               "train_s": t_train, "tokens_per_s": tokens_seen / t_train if t_train > 0 else None,
               "dropped_samples": data.dropped, "checkpoint": last_path,
-              "log_csv": os.path.join(cfg.run_dir, "log.csv"), "eval_loss": None, "metrics": {},
+              "log_csv": os.path.join(cfg.run_dir, "log.csv"), "eval_loss": None, "heldout": {}, "metrics": {},
               "generations": [], "plot": None}
     finished = start + len(losses) >= cfg.max_steps
     if env.main and evaluate and finished:
-        result["eval_loss"] = eval_loss(model, data, cfg, device, cfg.eval.max_samples)
+        result["heldout"] = evaluate_heldout(model, data, cfg, device, cfg.eval.max_samples)
+        result["eval_loss"] = result["heldout"].get("loss")
         if cfg.eval.generate or cfg.eval.generate_train:
             from .eval_gen import evaluate_generations
 
