@@ -1,10 +1,120 @@
-"""``dllm-masks demo``: show complementary priority masking on a small code sample."""
+"""``dllm-masks demo``: the main job on the bundled data, scaled to a CPU; ``dllm-masks show-mask``:
+complementary priority masking of one small code sample.
+
+The demo annotates the bundled data (HumanEval prompts with their canonical solutions, generated
+GSM8K-style problems) with the rule extractors at the paper's fractions (10% of code, 50% of
+math), fine-tunes a small LLaDA-style transformer with block diffusion (block size 32, σ_t in
+[0.3, 0.8] per block, complementary priority masking with w = 2, ``<eos>`` maskable), then decodes
+held-out and training prompts block by block and scores them.
+"""
 from __future__ import annotations
+
+import copy
+import os
+import textwrap
+import time
 
 import torch
 
 from .ops import available_backends, priority_mask
 
+__all__ = ["DEMO_CONFIG", "demo_config", "add_parser"]
+
+# The demo run: the paper's masking recipe, a model and schedule sized for ~3 minutes on 2 cores.
+DEMO_CONFIG = {
+    "run_dir": "runs/demo",
+    "seed": 0,
+    "max_steps": 240,
+    "loss_norm": "masked",
+    "log_every": 5,
+    "ckpt_every": 60,
+    "data": {
+        "source": "bundled:300",          # 164 HumanEval problems + 300 generated GSM8K-style ones
+        "eval_fraction": 0.08,
+        "annotate": {"code": 0.1, "math": 0.5},
+        "tokenizer": "deepseek",
+        "compact_vocab": True,
+        "max_length": 320,
+        "round_to_block": True,
+        "token_budget": 2048,
+        "batch_size": 16,
+    },
+    "mask": {"weight": 2.0, "complementary": True, "sigma_low": 0.3, "sigma_high": 0.8, "block_size": 32,
+             "sigma_per_block": True, "loss_weight": "sigma"},
+    "model": {"d_model": 128, "n_layers": 4, "n_heads": 4, "max_position": 512},
+    "optim": {"lr": 2e-3, "warmup_steps": 20, "min_lr_ratio": 0.1, "weight_decay": 0.1, "clip_grad": 1.0},
+    "eval": {"every": 60, "max_samples": 32, "generate": 12, "generate_train": 4, "gen_length": 128,
+             "steps_per_block": 32, "show": 4},
+}
+
+
+def demo_config(**over) -> dict:
+    """A copy of :data:`DEMO_CONFIG` with top-level keys replaced."""
+    cfg = copy.deepcopy(DEMO_CONFIG)
+    cfg.update(over)
+    return cfg
+
+
+def _short(text: str, width: int = 96, lines: int = 6) -> str:
+    out = []
+    for ln in text.rstrip().splitlines()[:lines]:
+        out.append(ln if len(ln) <= width else ln[:width - 1] + "…")
+    if len(text.rstrip().splitlines()) > lines:
+        out.append("…")
+    return "\n".join(out)
+
+
+def _show_generations(gens, n: int) -> None:
+    """Print up to ``n`` generations, training ones last, each with its verdict."""
+    picked = [g for g in gens if g["split"] == "held-out"][: max(1, n // 2)]
+    picked += [g for g in gens if g["split"] == "train"][: n - len(picked)]
+    for g in picked:
+        verdict = {True: "correct", False: "wrong", None: "not scored"}[g["correct"]]
+        print(f"\n--- {g['split']} {g['domain']} sample ({verdict}) ---")
+        print(textwrap.indent(_short(g["prompt"], lines=4), "prompt    | "))
+        print(textwrap.indent(_short(g["generated"] or "(empty)"), "generated | "))
+        print(textwrap.indent(_short(g["reference"], lines=4), "reference | "))
+
+
+def run_demo(args) -> int:
+    from .train.config import apply_overrides
+    from .train.loop import train
+
+    cfg = demo_config()
+    if args.run_dir:
+        cfg["run_dir"] = args.run_dir
+    if args.steps:
+        cfg["max_steps"] = args.steps
+        cfg["ckpt_every"] = max(1, args.steps // 4)
+        cfg["eval"]["every"] = max(1, args.steps // 4)
+    if args.threads:
+        cfg["threads"] = args.threads
+    cfg = apply_overrides(cfg, args.set)
+    t0 = time.perf_counter()
+    print("dllm-masks demo: block-diffusion SFT with complementary priority masking (the paper's recipe: "
+          f"block size {cfg['mask']['block_size']}, sigma in [{cfg['mask']['sigma_low']}, "
+          f"{cfg['mask']['sigma_high']}], w = {cfg['mask']['weight']}, <eos> maskable), "
+          f"torch threads: {torch.get_num_threads() if not cfg.get('threads') else cfg['threads']}")
+    result = train(cfg, resume=args.resume, echo=print)
+    from .train.cli import summarize
+
+    summarize(result)
+    if result["generations"]:
+        _show_generations(result["generations"], cfg["eval"]["show"])
+    m = result["metrics"]
+    if m:
+        print("\nA model of this size trained for minutes learns the form of the answers (GSM8K "
+              "calculator notation, Python syntax and indentation) before their logic: expect few correct "
+              "held-out answers. The paper's gains come from LLaDA-2.0-mini on 450K samples.")
+    wall = time.perf_counter() - t0
+    print(f"\ndemo finished in {wall:.0f} s; loss plot: {result['plot']}")
+    print(f"re-run or extend with: dllm-masks train --config {os.path.join(cfg['run_dir'], 'config.json')}")
+    return 0
+
+
+# ---------------------------------------------------------------------------------------------
+# show-mask: one sample, both complementary views
+# ---------------------------------------------------------------------------------------------
 SAMPLE = '''def fizzbuzz(n):
     out = []
     for i in range(1, n + 1):
@@ -31,7 +141,7 @@ def _render(chars, masked, prio):
     return "".join(parts)
 
 
-def run(args) -> int:
+def run_show_mask(args) -> int:
     chars = list(SAMPLE)
     ids = torch.tensor([ord(c) for c in chars], dtype=torch.int32)
     prio = torch.zeros(len(chars), dtype=torch.bool)
@@ -56,8 +166,17 @@ def run(args) -> int:
 
 
 def add_parser(sub) -> None:
-    p = sub.add_parser("demo", help="show complementary priority masking on a small sample")
-    p.add_argument("--sigma", type=float, default=0.4)
-    p.add_argument("--weight", type=float, default=2.0)
-    p.add_argument("--seed", type=int, default=0)
-    p.set_defaults(func=run)
+    p = sub.add_parser("demo", help="the main job: annotate the bundled data, train a tiny diffusion LM, generate",
+                       description=__doc__.split("\n\n")[1].replace("\n", " "))
+    p.add_argument("--steps", type=int, default=None, help=f"optimizer steps (default {DEMO_CONFIG['max_steps']})")
+    p.add_argument("--run-dir", default=None, help=f"output folder (default {DEMO_CONFIG['run_dir']})")
+    p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
+    p.add_argument("--resume", action="store_true", help="continue an interrupted demo instead of starting over")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config key")
+    p.set_defaults(func=run_demo)
+
+    q = sub.add_parser("show-mask", help="show complementary priority masking on a small code sample")
+    q.add_argument("--sigma", type=float, default=0.4)
+    q.add_argument("--weight", type=float, default=2.0)
+    q.add_argument("--seed", type=int, default=0)
+    q.set_defaults(func=run_show_mask)
