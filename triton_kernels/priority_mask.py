@@ -21,9 +21,12 @@ Work decomposition (no host sync, so CUDA graphs can capture it):
   call and writes both views: noisy ids, masks, labels and loss weights.
 
 ``sampling="exact"``: within each group (priority or not) of a segment the k smallest keys
-``(r << 31) | j`` (r the stream-1 draw, j the position: ties go to the lower position, as in the
-reference's stable sort) are masked. The k-th key is found by a radix select with 2-bit digits
-(counts per digit, then narrowing the prefix), and a token is masked iff its key is below it.
+``(r << 31) | j`` (r the stream-1 draw, j < 2^31 the position: ties go to the lower position, as in
+the reference's stable sort) are masked. The key of rank k is found by a radix select with 2-bit
+digits (counts per digit, then a narrower prefix), and a token is masked iff its key is below it.
+
+Loops over tiles are ``while`` loops: Triton 3.6's interpreter cannot take a runtime bound in
+``range()`` under NumPy 2.x, and compiled code is the same either way.
 """
 from __future__ import annotations
 
