@@ -128,7 +128,7 @@ def _kernel_for(backend: Optional[str], device: torch.device):
             if device.type == "cpu" and os.environ.get("TRITON_INTERPRET") != "1":
                 raise ValueError(f"{name}: 'triton' on CPU tensors needs TRITON_INTERPRET=1 set before import")
             fn = _triton.priority_mask_triton
-    if (served, device.type) not in _announced:
+    if (served, device.type) not in _announced and not torch.compiler.is_compiling():
         _announced.add((served, device.type))
         log.debug("dllm_masks: priority_mask on %s served by %s", device.type, served)
     return fn
@@ -281,7 +281,10 @@ def priority_mask(
         Force an implementation (default: the dispatcher, or ``DLLM_MASKS_BACKEND``).
     validate : bool
         Run the checks that read tensor data on the host (offsets, σ range, prompt lengths).
-        ``False`` keeps the call free of host syncs (CUDA graphs, ``torch.compile``).
+        ``False`` keeps the call free of host syncs (CUDA graphs, ``torch.compile``) provided
+        ``seed`` and ``seq_offset`` are tensors on the device (Python ints are copied to the device
+        on every call), ``cu_seqlens`` is given, and with ``block_size`` σ has one value per
+        segment (a single σ needs the segment count, which is read from ``cu_seqlens``).
 
     Returns
     -------
