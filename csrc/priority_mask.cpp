@@ -116,8 +116,8 @@ struct SegParams {
   // Bernoulli: masked <=> en[g] && r <= thr[g], i.e. r < floor(q_g * 2^32) (g: 0 other, 1 priority)
   uint32_t thr[2] = {0, 0};
   uint8_t en[2] = {0, 0};
-  // Exact: masked <=> en[g] && (r << 32 | index) <= cut[g]
-  uint64_t cut[2] = {0, 0};
+  // Exact: masked <=> en[g] && (r, index) <= (rc[g], ic[g])
+  uint32_t rc[2] = {0, 0}, ic[2] = {0, 0};
   float lw0[2] = {0.f, 0.f}, lw1[2] = {0.f, 0.f};  // loss weights of view 0 / view 1 where masked
 };
 
@@ -343,8 +343,10 @@ struct Kernel {
     bernoulli_range(s, a, e, P, win);
   }
 
-  // Exact: the k0 / k1 smallest keys (r << 32 | i) of the two groups of segment s, found by a
-  // radix select on r's top bits (one histogram pass) and nth_element inside one bucket.
+  // Exact: per group the k smallest keys (r, i) (draw, then index in the segment: the order of the
+  // reference's stable sort). A radix select on r's top bits (one histogram pass) finds the bucket
+  // holding the k-th smallest; one branch-free scan collects that bucket's keys for both groups,
+  // and nth_element inside it gives the cut (rc, ic): masked <=> r < rc or (r == rc and i <= ic).
   void exact_segment(int64_t s, DrawWindow& win, const Scratch& sc) const {
     const int64_t q = c.seg_seq[s];
     const int64_t a = c.seg_start[s], e = c.seg_start[s + 1], L = e - a;
@@ -355,8 +357,8 @@ struct Kernel {
     } else {
       r = philox_fill(PhiloxStream(c.seed, c.seq_key(q), kStreamSelect), p0, L, sc.r);
     }
-    uint8_t* code = sc.code;
-    uint32_t hist[2][kBuckets];
+    uint8_t* code = sc.code;  // bit 0 maskable, bit 1 priority
+    uint32_t hist[2 * kBuckets];
     std::memset(hist, 0, sizeof(hist));
     int64_t n = 0, n1 = 0;
     alignas(64) uint8_t mk[kChunk], g8[kChunk];
@@ -367,7 +369,7 @@ struct Kernel {
         code[i0 + i] = uint8_t(mk[i] | (g8[i] << 1));
         n += mk[i];
         n1 += g8[i];
-        hist[g8[i]][r[i0 + i] >> (32 - kBucketBits)] += mk[i];
+        hist[(uint32_t(g8[i]) << kBucketBits) | (r[i0 + i] >> (32 - kBucketBits))] += mk[i];
       }
     }
     const Rates R = solve_segment(s, n, n1);
@@ -376,35 +378,55 @@ struct Kernel {
     const int64_t ng[2] = {n - n1, n1};
     SegParams P;
     if (c.lw_mode) set_loss_weights(P, R, c.sigma_of(s), c.lw_mode);
+    uint32_t tag[2] = {0xffffffffu, 0xffffffffu};  // (code << 8 | bucket) of the keys to collect
+    int64_t below[2] = {0, 0}, room[2] = {1, 1};
     for (int g = 0; g < 2; ++g) {
       P.en[g] = k[g] > 0;
-      P.cut[g] = std::numeric_limits<uint64_t>::max();
+      P.rc[g] = P.ic[g] = 0xffffffffu;  // k == ng: every key is below the cut
       if (k[g] <= 0 || k[g] >= ng[g]) continue;
-      int64_t below = 0;
-      int b = 0;
-      while (below + hist[g][b] < k[g]) below += hist[g][b++];  // b < kBuckets: the counts sum to ng > k
-      const uint8_t want = uint8_t(1 | (g << 1));
-      int64_t m = 0;
-      for (int64_t i = 0; i < L; ++i) {
-        if (code[i] == want && int(r[i] >> (32 - kBucketBits)) == b) sc.sel[m++] = (uint64_t(r[i]) << 32) | uint64_t(i);
+      const uint32_t* h = hist + (g << kBucketBits);
+      uint32_t b = 0;
+      while (below[g] + h[b] < k[g]) below[g] += h[b++];  // stops at b < kBuckets: the counts sum to ng > k
+      tag[g] = (uint32_t(1 | (g << 1)) << kBucketBits) | b;
+      room[g] = int64_t(h[b]) + 1;
+    }
+    if (tag[0] != 0xffffffffu || tag[1] != 0xffffffffu) {
+      uint64_t* sel[2] = {sc.sel, sc.sel + room[0]};  // room[0] + room[1] <= L + 2 slots
+      int64_t m0 = 0, m1 = 0;
+      for (int64_t i = 0; i < L; ++i) {  // each slot is written, kept only on a hit
+        const uint32_t t = (uint32_t(code[i]) << kBucketBits) | (r[i] >> (32 - kBucketBits));
+        const uint64_t key = (uint64_t(r[i]) << 32) | uint64_t(i);
+        sel[0][m0] = key;
+        m0 += t == tag[0];
+        sel[1][m1] = key;
+        m1 += t == tag[1];
       }
-      uint64_t* nth = sc.sel + (k[g] - 1 - below);  // 0 <= k - 1 - below < hist[g][b] = m
-      std::nth_element(sc.sel, nth, sc.sel + m);
-      P.cut[g] = *nth;
+      const int64_t got[2] = {m0, m1};
+      for (int g = 0; g < 2; ++g) {
+        if (tag[g] == 0xffffffffu) continue;
+        uint64_t* nth = sel[g] + (k[g] - 1 - below[g]);  // 0 <= k - 1 - below < h[b] = got[g]
+        std::nth_element(sel[g], nth, sel[g] + got[g]);
+        P.rc[g] = uint32_t(*nth >> 32);
+        P.ic[g] = uint32_t(*nth);
+      }
     }
     alignas(64) uint8_t m8[kChunk], c8[kChunk];
+    const uint32_t rc0 = P.rc[0], rc1 = P.rc[1], ic0 = P.ic[0], ic1 = P.ic[1];
+    const uint32_t en0 = P.en[0], en1 = P.en[1];
     for (int64_t i0 = 0; i0 < L; i0 += kChunk) {
       const int64_t m = std::min(kChunk, L - i0);
-      const uint64_t cut0 = P.cut[0], cut1 = P.cut[1];
-      const uint8_t en0 = P.en[0], en1 = P.en[1];
-      for (int64_t i = 0; i < m; ++i) {
-        const uint8_t cd = code[i0 + i];
-        const uint8_t mki = cd & 1, g = cd >> 1;
-        const uint64_t key = (uint64_t(r[i0 + i]) << 32) | uint64_t(i0 + i);
-        const uint8_t msk = mki & (g ? en1 : en0) & uint8_t(key <= (g ? cut1 : cut0));
-        m8[i] = msk;
-        c8[i] = mki & (msk ^ 1);
-        g8[i] = g;
+      const uint32_t* ri = r + i0;
+      const uint8_t* cd = code + i0;
+      for (int32_t i = 0; i < int32_t(m); ++i) {  // branch-free, 32-bit lanes: vectorizes
+        const uint32_t mki = cd[i] & 1u, g = cd[i] >> 1;
+        const uint32_t gs = 0u - g;
+        const uint32_t rc = (rc0 & ~gs) | (rc1 & gs), ic = (ic0 & ~gs) | (ic1 & gs), en = (en0 & ~gs) | (en1 & gs);
+        const uint32_t idx = uint32_t(i0) + uint32_t(i);
+        const uint32_t below_cut = uint32_t(ri[i] < rc) | (uint32_t(ri[i] == rc) & uint32_t(idx <= ic));
+        const uint32_t msk = mki & en & below_cut;
+        m8[i] = uint8_t(msk);
+        c8[i] = uint8_t(mki & (msk ^ 1u));
+        g8[i] = uint8_t(g);
       }
       emit(P, a + i0, m, m8, c8, g8);
     }
@@ -452,10 +474,28 @@ std::vector<Item> make_items(const Ctx& c, int64_t target, bool split_long) {
   return items;
 }
 
+// Runs body(slot, i) for i in [0, nitems) on `nslots` threads that take items in order from a
+// shared counter (a dynamic schedule: sequences of any lengths balance themselves); `slot`
+// names the thread's own scratch. at::parallel_for runs on torch's pool and thread count.
+template <typename F>
+void for_each_item(int64_t nslots, int64_t nitems, const F& body) {
+  std::atomic<int64_t> next{0};
+  at::parallel_for(0, nslots, 1, [&](int64_t b, int64_t e) {
+    for (int64_t slot = b; slot < e; ++slot) {
+      for (int64_t i; (i = next.fetch_add(1, std::memory_order_relaxed)) < nitems;) body(slot, i);
+    }
+  });
+}
+
+// Tokens per thread at least: below that, waking a thread costs more than it saves (the grain
+// torch's elementwise kernels use).
+constexpr int64_t kMinTokensPerThread = 32768;
+
 template <typename IdT, MaskMode M, bool HasPrio>
 void run_kernel(const Ctx& c) {
   const Kernel<IdT, M, HasPrio> k{c};
-  const int64_t nthreads = std::max(1, at::get_num_threads());
+  const int64_t nthreads = std::min<int64_t>(std::max(1, at::get_num_threads()),
+                                             std::max<int64_t>(1, c.T / kMinTokensPerThread));
   const int64_t target = std::min<int64_t>(65536, std::max<int64_t>(4096, c.T / (nthreads * 16)));
   const std::vector<Item> items = make_items(c, target, !c.exact);
   const int64_t nitems = int64_t(items.size());
@@ -468,13 +508,14 @@ void run_kernel(const Ctx& c) {
   for (const Item& it : items) any_split |= it.split;
   if (any_split) {
     split_counts.assign(size_t(2 * nitems), 0);
-    at::parallel_for(0, nitems, 1, [&](int64_t b, int64_t e) {
-      for (int64_t i = b; i < e; ++i) {
-        if (items[i].split) k.count_split(items[i], split_counts[2 * i], split_counts[2 * i + 1]);
-      }
+    for_each_item(nslots, nitems, [&](int64_t, int64_t i) {
+      if (items[i].split) k.count_split(items[i], split_counts[2 * i], split_counts[2 * i + 1]);
     });
     for (int64_t i = 0; i < nitems;) {
-      if (!items[i].split) { ++i; continue; }
+      if (!items[i].split) {
+        ++i;
+        continue;
+      }
       const int64_t s = items[i].s0;
       int64_t j = i, n = 0, n1 = 0;
       for (; j < nitems && items[j].split && items[j].s0 == s; ++j) n += split_counts[2 * j], n1 += split_counts[2 * j + 1];
@@ -492,26 +533,22 @@ void run_kernel(const Ctx& c) {
   if (c.exact) {
     int64_t Lmax = 0;
     for (int64_t s = 0; s < c.S; ++s) Lmax = std::max(Lmax, c.seg_start[s + 1] - c.seg_start[s]);
-    per = Lmax + 2 * kBlockPos + 8;
+    per = Lmax + 2 * kBlockPos + 8;  // philox_fill needs L + 67 words, the selection L + 2 keys
     r_buf.resize(size_t(nslots * per));
     code_buf.resize(size_t(nslots * per));
     sel_buf.resize(size_t(nslots * per));
   }
 
-  // Phase 2: threads take items in order from a shared counter (dynamic schedule: variable
-  // sequence lengths balance themselves).
-  std::atomic<int64_t> next{0};
-  at::parallel_for(0, nslots, 1, [&](int64_t b, int64_t e) {
-    for (int64_t slot = b; slot < e; ++slot) {
-      Scratch sc;
-      if (c.exact) {
-        sc.r = r_buf.data() + slot * per;
-        sc.code = code_buf.data() + slot * per;
-        sc.sel = sel_buf.data() + slot * per;
-      }
-      DrawWindow win;
-      for (int64_t i; (i = next.fetch_add(1, std::memory_order_relaxed)) < nitems;) k.run(items[i], win, sc, &split_params[i]);
+  // Phase 2: every item, fused per segment. Each thread keeps its draw window and scratch.
+  std::vector<DrawWindow> windows(static_cast<size_t>(nslots));
+  for_each_item(nslots, nitems, [&](int64_t slot, int64_t i) {
+    Scratch sc;
+    if (c.exact) {
+      sc.r = r_buf.data() + slot * per;
+      sc.code = code_buf.data() + slot * per;
+      sc.sel = sel_buf.data() + slot * per;
     }
+    k.run(items[i], windows[slot], sc, &split_params[i]);
   });
 }
 
