@@ -56,10 +56,10 @@ def demo_config(**over) -> dict:
 
 
 def _short(text: str, width: int = 96, lines: int = 6) -> str:
-    out = []
-    for ln in text.rstrip().splitlines()[:lines]:
-        out.append(ln if len(ln) <= width else ln[:width - 1] + "…")
-    if len(text.rstrip().splitlines()) > lines:
+    """At most ``lines`` non-blank lines of ``text``, each cut to ``width`` characters."""
+    rows = [ln.rstrip() for ln in text.splitlines() if ln.strip()]
+    out = [ln if len(ln) <= width else ln[:width - 1] + "…" for ln in rows[:lines]]
+    if len(rows) > lines:
         out.append("…")
     return "\n".join(out)
 

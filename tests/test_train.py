@@ -277,7 +277,8 @@ def test_config_refusals(tmp_path):
     assert c.mask.weight == 1.5 and c.data.tokenizer == "deepseek" and c.eval.generate == 2
 
 
-def test_hf_adapter_matches_layout(batch):
+def test_hf_adapter_follows_the_block_diffusion_mask(batch):
+    """Through the adapter, a Hugging Face causal LM attends as the layout says, not causally."""
     pytest.importorskip("transformers")
     from dllm_masks.train.model import HFDiffusionLM
 
@@ -288,13 +289,32 @@ def test_hf_adapter_matches_layout(batch):
     torch.manual_seed(0)
     model = HFDiffusionLM.from_config(cfg).eval()
     lay = training_layout(b.cu_seqlens, 8, views=2)
-    idx = masked_index(b)
-    with torch.no_grad():
-        out = model(b.input_ids, BlockDiffAttention(lay, "sdpa"), idx)
-        # changing a token in a later block of the noisy view must not change earlier blocks' logits
-        first = int(idx[0])
+    attn = BlockDiffAttention(lay, "sdpa")
+    T = int(b.cu_seqlens[-1])
+    i = 8 + 2  # view 0, first document, block 1, slot 2 (every test sequence is longer than 16)
+    assert int(lay.position[i]) == 10 and int(b.cu_seqlens[1]) > 24
+    idx = torch.tensor([i])
+
+    def logits_with(pos, tok_id=5):
         ids = b.input_ids.clone()
-        ids[first + 8 - first % 8:first + 16 - first % 8] = 5
-        out2 = model(ids, BlockDiffAttention(lay, "sdpa"), idx[:1])
-    assert out.shape == (idx.numel(), tok.vocab_size)
-    torch.testing.assert_close(out[:1], out2)
+        ids[pos] = tok_id if int(ids[pos]) != tok_id else tok_id + 1
+        with torch.no_grad():
+            return model(ids, attn, idx)
+
+    with torch.no_grad():
+        base = model(b.input_ids, attn, idx)
+    assert base.shape == (1, tok.vocab_size)
+    assert not torch.allclose(logits_with(i + 3), base)       # later token, same noisy block: seen
+    assert not torch.allclose(logits_with(2 * T + 3), base)   # clean copy of an earlier block: seen
+    torch.testing.assert_close(logits_with(2 * T + 10), base)  # clean copy of its own block: not seen
+    torch.testing.assert_close(logits_with(i + 8), base)       # next noisy block: not seen
+    torch.testing.assert_close(logits_with(T + 10), base)      # the complementary view: not seen
+
+
+def test_train_loop_drives_an_hf_model(tmp_path):
+    pytest.importorskip("transformers")
+    hf = {"model_type": "llama", "hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 1,
+          "num_attention_heads": 2, "num_key_value_heads": 2, "max_position_embeddings": 128}
+    res = train(tiny_config(tmp_path / "hf", max_steps=4, model={"kind": "hf", "hf_config": hf, "max_position": 128},
+                            optim={"lr": 1e-2, "warmup_steps": 1}), evaluate=False)
+    assert len(res["losses"]) == 4 and res["losses"][-1] < res["losses"][0]
