@@ -110,6 +110,12 @@ def test_accumulation_equals_one_big_batch(tmp_path):
         torch.testing.assert_close(pa[k], pb[k], rtol=1e-4, atol=1e-6)
 
 
+def test_masking_in_workers_or_in_the_step_trains_identically(tmp_path):
+    a = train(tiny_config(tmp_path / "a", max_steps=3), evaluate=False)
+    b = train(tiny_config(tmp_path / "b", max_steps=3, data__num_workers=2, mask__device="step"), evaluate=False)
+    assert a["losses"] == b["losses"]
+
+
 def test_resume_is_bit_identical(tmp_path):
     full = train(tiny_config(tmp_path / "full"), evaluate=False)
     part = train(tiny_config(tmp_path / "part", ckpt_every=2), stop_after=3, evaluate=False)
