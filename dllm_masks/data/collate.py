@@ -159,6 +159,10 @@ class TrainBatch:
               for k, v in self.__dict__.items()}
         return TrainBatch(**kw)
 
+    def pin_memory(self) -> "TrainBatch":
+        """Page-locked copies (``DataLoader(pin_memory=True)`` calls this)."""
+        return TrainBatch(**{k: (v.pin_memory() if isinstance(v, torch.Tensor) else v) for k, v in self.__dict__.items()})
+
 
 def mask_batch(batch: PackedBatch, cfg: MaskConfig, *, mask_token_id: int, seed: int,
                device=None, backend: Optional[str] = None) -> TrainBatch:
@@ -235,6 +239,7 @@ class StepDataset(torch.utils.data.Dataset):
         return self.stop - self.start
 
     def packed(self, step: int) -> List[PackedBatch]:
+        """This rank's unmasked micro-batches of optimizer step ``step``."""
         pos, sid = self.plan.shard(step)
         return pack([self.seqs[p] for p in pos], sid, self.token_budget)
 

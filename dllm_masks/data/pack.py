@@ -48,6 +48,10 @@ class PackedBatch:
     def to(self, device, non_blocking: bool = False) -> "PackedBatch":
         return PackedBatch(*(getattr(self, f.name).to(device, non_blocking=non_blocking) for f in fields(self)))
 
+    def pin_memory(self) -> "PackedBatch":
+        """Page-locked copies (``DataLoader(pin_memory=True)`` calls this)."""
+        return PackedBatch(*(getattr(self, f.name).pin_memory() for f in fields(self)))
+
 
 def _pack_one(seqs: Sequence[TokenizedSample], sample_ids: Sequence[int]) -> PackedBatch:
     lens = torch.tensor([len(s) for s in seqs], dtype=torch.int64)

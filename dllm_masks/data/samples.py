@@ -41,6 +41,7 @@ class Sample:
     meta: dict = field(default_factory=dict)
 
     def to_record(self) -> dict:
+        """The JSONL record of this sample (``meta`` keys at the top level)."""
         rec = {"prompt": self.prompt, "answer": self.answer}
         if self.spans is not None:
             rec["spans"] = [list(s) for s in self.spans]

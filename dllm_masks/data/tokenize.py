@@ -134,10 +134,12 @@ class CompactTokenizer:
         self.name = f"{base.name} (compact: {self.vocab_size} ids)"
 
     def encode(self, text: str):
+        """Model ids (unseen ids become ``UNK``) and the base tokenizer's character offsets."""
         ids, offs = self.base.encode(text)
         return [self._from_base.get(i, self.UNK) for i in ids], offs
 
     def decode(self, ids: Sequence[int]) -> str:
+        """Text of model ids; ``UNK`` and ``MASK`` read as ``<unk>`` and ``<mask>``."""
         ids = [int(i) for i in ids]
         out, run = [], []
         for i in ids:
@@ -153,6 +155,7 @@ class CompactTokenizer:
         return "".join(out)
 
     def state(self) -> dict:
+        """What a checkpoint records to rebuild this tokenizer (the kept base ids included)."""
         return {"name": self.name, "base": self.base.state(), "used_ids": self.to_base[3:].tolist(),
                 "eos_id": self.eos_id, "mask_id": self.mask_id, "vocab_size": self.vocab_size}
 

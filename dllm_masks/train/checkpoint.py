@@ -39,6 +39,7 @@ class CheckpointError(ValueError):
 
 
 def checkpoint_path(ckpt_dir: str, step: int) -> str:
+    """``ckpt_dir/step-{step:08d}.pt``: the name of the checkpoint written after ``step`` steps."""
     return os.path.join(ckpt_dir, f"step-{step:08d}.pt")
 
 
