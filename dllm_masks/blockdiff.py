@@ -249,10 +249,13 @@ def flex_block_mask(layout: BlockDiffLayout, *, BLOCK_SIZE: int = 128):
 
 
 _compiled_flex = None
+FLEX_COMPILE = True  # False: eager flex_attention (materializes the scores; tests on a CPU)
 
 
 def _flex_attention(q, k, v, block_mask):
     global _compiled_flex
+    if not FLEX_COMPILE:
+        return _flex.flex_attention(q, k, v, block_mask=block_mask)
     if _compiled_flex is None:
         _compiled_flex = torch.compile(_flex.flex_attention, dynamic=True)
     return _compiled_flex(q, k, v, block_mask=block_mask)

@@ -173,6 +173,22 @@ def test_flex_block_mask_matches_rule():
                 assert not bool(full[a * 16:(a + 1) * 16, b * 16:(b + 1) * 16].any())
 
 
+def test_flex_mode_output(monkeypatch):
+    """The "flex" mode's plumbing (shapes, BlockMask) on a CPU: eager FlexAttention, forward only."""
+    if not bd.flex_available():
+        pytest.skip("FlexAttention not available in this torch")
+    import warnings
+
+    monkeypatch.setattr(bd, "FLEX_COMPILE", False)
+    lay = bd.training_layout(cu_of([5, 0, 40, 19]), 8, views=2)
+    g = torch.Generator().manual_seed(2)
+    q, k, v = (torch.randn(lay.n, 2, 8, generator=g) for _ in range(3))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # "flex_attention called without torch.compile()"
+        out = bd.BlockDiffAttention(lay, "flex")(q, k, v)
+    torch.testing.assert_close(out, _hand_attention(q, k, v, bd.dense_mask(lay)), rtol=1e-5, atol=1e-5)
+
+
 def test_bad_arguments():
     with pytest.raises(ValueError, match="block_size"):
         bd.training_layout(cu_of([3]), 0)
