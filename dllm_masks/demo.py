@@ -99,6 +99,10 @@ def run_demo(args) -> int:
     from .train.cli import summarize
 
     summarize(result)
+    if result.get("fill_in"):
+        print("\n--- one held-out answer, half of it masked, filled in by one forward pass "
+              "([x] right, [x≠y] wrong: x predicted, y true; † information-dense; ⏎ newline) ---")
+        print(result["fill_in"])
     if result["generations"]:
         _show_generations(result["generations"], cfg["eval"]["show"])
     m = result["metrics"]

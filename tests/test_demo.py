@@ -39,6 +39,7 @@ def test_demo_runs_end_to_end(tmp_path, capsys):
     out = capsys.readouterr().out
     assert rc == 0
     for line in ("annotated", "trained steps 1-3", "held-out loss", "masked-token accuracy", "loss plot:",
+                 "filled in by one forward pass",
                  "--- held-out", "--- train", "demo finished in"):
         assert line in out, (line, out[-2000:])
     res = json.loads((tmp_path / "demo" / "result.json").read_text())

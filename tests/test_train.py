@@ -324,3 +324,21 @@ def test_train_loop_drives_an_hf_model(tmp_path):
     res = train(tiny_config(tmp_path / "hf", max_steps=4, model={"kind": "hf", "hf_config": hf, "max_position": 128},
                             optim={"lr": 1e-2, "warmup_steps": 1}), evaluate=False)
     assert len(res["losses"]) == 4 and res["losses"][-1] < res["losses"][0]
+
+
+def test_fill_in_example_marks_predictions(tmp_path):
+    from dllm_masks.data.dataset import build_data
+    from dllm_masks.train.eval_gen import fill_in_example
+
+    cfg = TrainConfig.from_dict(tiny_config(tmp_path / "f", data__eval_fraction=0.25))
+    data = build_data(cfg.data, 8, cfg.seed, progress=False)
+    model = _small_model(data.tokenizer.vocab_size)
+    text = fill_in_example(model, data, cfg, torch.device("cpu"))
+    assert text.count("[") >= 3 and "≠" in text          # an untrained model fills in wrongly
+    s = sorted([x for x in data.eval if bool(x.priority.any())],
+               key=lambda x: (data.eval_samples[x.index].domain != "math", len(x)))[0]
+    answer = data.eval_samples[s.index].answer
+    # putting the true token back into every bracket gives the answer (and its <eos>)
+    import re
+    truth = re.sub(r"\[(?:[^\]≠]*≠)?([^\]]*)\]†?", lambda m: m.group(1), text).replace("⏎", "\n")
+    assert truth.replace("<eos>", "") == answer

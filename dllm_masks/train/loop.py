@@ -390,7 +390,7 @@ def _train(cfg, env, stop_after, resume, show, say, evaluate, t_wall, tqdm):
               "train_s": t_train, "tokens_per_s": tokens_seen / t_train if t_train > 0 else None,
               "dropped_samples": data.dropped, "checkpoint": last_path,
               "log_csv": os.path.join(cfg.run_dir, "log.csv"), "eval_loss": None, "heldout": {}, "metrics": {},
-              "generations": [], "plot": None}
+              "generations": [], "fill_in": "", "plot": None}
     finished = start + len(losses) >= cfg.max_steps
     if env.main and evaluate and finished:
         result["heldout"] = evaluate_heldout(model, data, cfg, device, cfg.eval.max_samples)
@@ -399,6 +399,10 @@ def _train(cfg, env, stop_after, resume, show, say, evaluate, t_wall, tqdm):
             from .eval_gen import evaluate_generations
 
             result.update(evaluate_generations(model, data, cfg, device, progress=show))
+        if cfg.eval.show and data.eval:
+            from .eval_gen import fill_in_example
+
+            result["fill_in"] = fill_in_example(model, data, cfg, device, seed=cfg.seed)
     if env.main:
         result["plot"] = plot_loss(result["log_csv"], os.path.join(cfg.run_dir, "loss.png"),
                                    title=f"{os.path.basename(os.path.normpath(cfg.run_dir))}: w={cfg.mask.weight}, "
