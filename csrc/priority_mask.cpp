@@ -22,8 +22,13 @@
 #include <limits>
 #include <vector>
 
+#include <type_traits>
+
 #if defined(__linux__)
 #include <sys/mman.h>
+#endif
+#if defined(__SSE2__)
+#include <immintrin.h>
 #endif
 
 #include "philox.h"
@@ -37,6 +42,7 @@ constexpr int64_t kChunk = 256;
 // Draws held per sequence window: kChunk positions from any start, aligned down to a block.
 constexpr int64_t kBlockPos = 4 * kLanes;  // positions per philox_block
 constexpr int64_t kWindow = kChunk + kBlockPos;
+constexpr int64_t kStreamBytes = int64_t(16) << 20;  // outputs from 16 MiB on bypass the caches
 constexpr int kBucketBits = 8;  // radix select of the exact sampling: 256 buckets of r's top bits
 constexpr int kBuckets = 1 << kBucketBits;
 
@@ -160,6 +166,7 @@ struct Ctx {
   bool sigma_bcast = true;
   double w = 1.0;
   bool exact = false, comp = false;
+  bool stream = false;  // outputs larger than the caches: streaming stores
   int64_t lw_mode = 0;
   int64_t mask_id = 0;
   const void* ids = nullptr;
@@ -210,6 +217,30 @@ struct Scratch {
   uint8_t* code = nullptr;  // per token: bit 0 maskable, bit 1 priority
   uint64_t* sel = nullptr;  // keys of the bucket holding the k-th smallest
 };
+
+// memcpy whose aligned middle uses non-temporal stores (x86 SSE2); callers fence once at the end.
+inline void stream_copy(void* dst, const void* src, size_t n) {
+#if defined(__SSE2__)
+  char* d = static_cast<char*>(dst);
+  const char* s = static_cast<const char*>(src);
+  size_t head = (16 - (reinterpret_cast<uintptr_t>(d) & 15)) & 15;
+  if (head > n) head = n;
+  std::memcpy(d, s, head);
+  d += head, s += head, n -= head;
+  for (; n >= 16; n -= 16, d += 16, s += 16) {
+    _mm_stream_si128(reinterpret_cast<__m128i*>(d), _mm_loadu_si128(reinterpret_cast<const __m128i*>(s)));
+  }
+  std::memcpy(d, s, n);
+#else
+  std::memcpy(dst, src, n);
+#endif
+}
+
+inline void stream_fence() {
+#if defined(__SSE2__)
+  _mm_sfence();
+#endif
+}
 
 inline int64_t count_nonzero(const uint8_t* p, int64_t n) {
   int64_t total = 0;
@@ -263,35 +294,52 @@ struct Kernel {
   }
 
   // Writes every output of tokens [t, t + n) from the masked (m8), complement (c8) and
-  // group (g8) bytes: each output stream is written in order, one loop per stream.
+  // group (g8) bytes: each output stream is written in order, one loop per stream. Large
+  // outputs go through an L1 staging buffer and streaming stores (no read for ownership of
+  // lines the kernel only writes).
   void emit(const SegParams& P, int64_t t, int64_t n, const uint8_t* m8, const uint8_t* c8, const uint8_t* g8) const {
     const IdT* ids = static_cast<const IdT*>(c.ids) + t;
     const IdT mask = IdT(c.mask_id);
     const int64_t views = c.comp ? 2 : 1;
+    alignas(64) unsigned char stage[kChunk * 8];
+    const auto put = [&](auto* dst, const auto& fill) {
+      using T = std::remove_pointer_t<decltype(dst)>;
+      if (c.stream) {
+        fill(reinterpret_cast<T*>(stage));
+        stream_copy(dst, stage, size_t(n) * sizeof(T));
+      } else {
+        fill(dst);
+      }
+    };
     for (int64_t v = 0; v < views; ++v) {
       const uint8_t* mv = v ? c8 : m8;
       const int64_t o = v * c.T + t;
       // Selects as bit masks (all ones where masked): branch-free, so the loops vectorize.
-      IdT* __restrict noisy = static_cast<IdT*>(c.noisy) + o;
-      for (int64_t i = 0; i < n; ++i) {
-        const IdT sel = IdT(0) - IdT(mv[i]);
-        noisy[i] = (ids[i] & ~sel) | (mask & sel);
-      }
-      int64_t* __restrict labels = c.labels + o;
-      for (int64_t i = 0; i < n; ++i) {
-        const int64_t sel = -int64_t(mv[i]);
-        labels[i] = (int64_t(ids[i]) & sel) | (kIgnoreIndex & ~sel);
-      }
-      std::memcpy(c.masked + o, mv, size_t(n));  // bytes are 0 / 1: valid bools
+      put(static_cast<IdT*>(c.noisy) + o, [&](IdT* __restrict out) {
+        for (int64_t i = 0; i < n; ++i) {
+          const IdT sel = IdT(0) - IdT(mv[i]);
+          out[i] = (ids[i] & ~sel) | (mask & sel);
+        }
+      });
+      put(c.labels + o, [&](int64_t* __restrict out) {
+        for (int64_t i = 0; i < n; ++i) {
+          const int64_t sel = -int64_t(mv[i]);
+          out[i] = (int64_t(ids[i]) & sel) | (kIgnoreIndex & ~sel);
+        }
+      });
+      put(reinterpret_cast<uint8_t*>(c.masked + o), [&](uint8_t* __restrict out) {
+        std::memcpy(out, mv, size_t(n));  // bytes are 0 / 1: valid bools
+      });
       if (c.lw_mode) {
         uint32_t w0, w1;  // bits of the two groups' weights
         std::memcpy(&w0, v ? &P.lw1[0] : &P.lw0[0], 4);
         std::memcpy(&w1, v ? &P.lw1[1] : &P.lw0[1], 4);
-        uint32_t* __restrict lw = reinterpret_cast<uint32_t*>(c.lw + o);
-        for (int64_t i = 0; i < n; ++i) {
-          const uint32_t gsel = 0u - uint32_t(g8[i]);
-          lw[i] = ((w1 & gsel) | (w0 & ~gsel)) & (0u - uint32_t(mv[i]));  // +0.0f where not masked
-        }
+        put(reinterpret_cast<uint32_t*>(c.lw + o), [&](uint32_t* __restrict out) {
+          for (int64_t i = 0; i < n; ++i) {
+            const uint32_t gsel = 0u - uint32_t(g8[i]);
+            out[i] = ((w1 & gsel) | (w0 & ~gsel)) & (0u - uint32_t(mv[i]));  // +0.0f where not masked
+          }
+        });
       }
     }
   }
@@ -484,6 +532,7 @@ void for_each_item(int64_t nslots, int64_t nitems, const F& body) {
     for (int64_t slot = b; slot < e; ++slot) {
       for (int64_t i; (i = next.fetch_add(1, std::memory_order_relaxed)) < nitems;) body(slot, i);
     }
+    stream_fence();  // streaming stores are visible before the region's join
   });
 }
 
@@ -751,6 +800,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> priority_
   c.comp = complementary;
   c.lw_mode = loss_weight_mode;
   c.mask_id = mask_token_id;
+  c.stream = V * T * (ids.element_size() + 9 + (loss_weight_mode ? 4 : 0)) >= kStreamBytes;
   c.ids = ids.data_ptr();
   c.noisy = noisy.data_ptr();
   c.masked = masked.data_ptr<bool>();

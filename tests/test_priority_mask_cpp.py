@@ -185,11 +185,16 @@ def test_threads_give_the_same_answer(sampling, block):
     assert_same(one, dm.priority_mask(**kw, backend="ref"), "vs reference")
 
 
-def test_large_batch_64x2048():
-    for sampling, lw, dtype in (("bernoulli", "sigma", torch.int64), ("exact", "token", torch.int32)):
-        kw = packed_case([2048] * 64, seed=64, dtype=dtype, sampling=sampling, complementary=True, weight=2.0,
-                         loss_weight=lw)
-        _check(kw, f"64 x 2048 {sampling}")
+def test_large_batches():
+    # 64 x 2048 (exact, int32 ids); then ~520K tokens of uneven lengths, whose 18 MB of outputs
+    # take the streaming-store path (from 16 MiB) with unaligned starts, and huge-page hints.
+    kw = packed_case([2048] * 64, seed=64, dtype=torch.int32, sampling="exact", complementary=True, weight=2.0,
+                     loss_weight="token")
+    _check(kw, "64 x 2048 exact")
+    lengths = torch.randint(1000, 3100, (256,), generator=torch.Generator().manual_seed(5)).tolist()
+    kw = packed_case(lengths, seed=65, complementary=True, weight=2.0, loss_weight="sigma")
+    assert 2 * sum(lengths) * (8 + 1 + 8 + 4) >= 16 << 20
+    _check(kw, "256 uneven sequences, bernoulli")
 
 
 @pytest.mark.parametrize("lw,block,comp", [(2, 0, True), (0, 0, False), (1, 4, True)])
