@@ -6,12 +6,16 @@
 //
 // philox_fill() evaluates kLanes calls side by side in structure-of-arrays form: every round is
 // a loop over the lanes with 32x32->64 multiplies, which the compiler turns into vector
-// multiplies (pmuludq / vpmuludq), then transposes the words back to position order.
+// multiplies (pmuludq; vpmuludq on zmm registers in the AVX-512 build: 0.67 vs 1.4 ns per draw on
+// one EPYC core), then transposes the words back to position order.
 #pragma once
 
 #include <cstdint>
 
 namespace dllm_masks {
+// Internal linkage on purpose: the kernel is compiled once per instruction set (see
+// priority_mask_kernel.h), and each object keeps its own copy of these functions.
+namespace {
 
 constexpr uint32_t kPhiloxA = 0xD2511F53u;  // multiplies c0
 constexpr uint32_t kPhiloxB = 0xCD9E8D57u;  // multiplies c2
@@ -55,16 +59,6 @@ constexpr int kLanes = 16;
 
 // kLanes Philox calls for the groups g0, g0+1, ..., written as 4*kLanes words in position order:
 // out[4*i + w] is word w of group g0 + i, the draw of position 4*(g0 + i) + w.
-// Built for the baseline ISA and, where the toolchain supports function multiversioning, for
-// AVX-512 too (chosen once at load time by the CPU that runs it, not at install time): 16 lanes
-// then fill one 512-bit register (0.9 vs 1.4 ns per draw, one thread, EPYC).
-#if defined(__x86_64__) && defined(__linux__) && !defined(__clang__) && defined(__GNUC__) && __GNUC__ >= 12
-#define DLLM_MASKS_MULTIVERSION __attribute__((target_clones("arch=x86-64-v4", "default")))
-#else
-#define DLLM_MASKS_MULTIVERSION
-#endif
-
-DLLM_MASKS_MULTIVERSION
 inline void philox_block(const PhiloxStream& st, uint32_t g0, uint32_t* __restrict out) {
   // Lanes outside, rounds inside (unrolled): the lane loop has a straight-line body, which the
   // loop vectorizer maps to widening multiplies on whole vectors of lanes.
@@ -103,4 +97,5 @@ inline const uint32_t* philox_fill(const PhiloxStream& st, int64_t p, int64_t n,
   return scratch + (p & 3);
 }
 
+}  // namespace
 }  // namespace dllm_masks

@@ -1,9 +1,10 @@
 // dllm_masks::priority_mask, CPU kernel (DESIGN §3–§5, §8).
 //
-// Layers: priority_mask_cpu() checks every argument and index, normalizes dtypes and builds the
-// segment table and the work items; the parallel loop then runs one fused pass per segment
-// (count maskable and priority tokens, solve the rates in float64, draw, threshold in integers,
-// write every output) with no allocation and no check left inside it.
+// Layers: priority_mask_cpu() (here) checks every argument and index, normalizes dtypes, builds
+// the segment table and allocates the outputs; the kernel (priority_mask_kernel.h, built for the
+// baseline ISA here and for AVX-512 in priority_mask_avx512.cpp) then runs one fused pass per
+// segment (count maskable and priority tokens, solve the rates in float64, draw, threshold in
+// integers, write every output) with no allocation and no check left inside its parallel loop.
 //
 // Bit-identity with dllm_masks/reference.py: the rates mirror dllm_masks/rates.py op for op in
 // float64 (built with -ffp-contract=off: no fused multiply-add), the draws are the Philox words
@@ -12,606 +13,24 @@
 #include "priority_mask.h"
 
 #include <ATen/ATen.h>
-#include <ATen/Parallel.h>
 #include <c10/util/Exception.h>
 
-#include <algorithm>
-#include <atomic>
-#include <cmath>
-#include <cstring>
-#include <limits>
-#include <vector>
-
-#include <type_traits>
+#include <cstdlib>
 
 #if defined(__linux__)
 #include <sys/mman.h>
 #endif
-#if defined(__SSE2__)
-#include <immintrin.h>
-#endif
 
-#include "philox.h"
+#include "priority_mask_ctx.h"
+
+#define DLLM_MASKS_KERNEL_ENTRY priority_mask_kernel_baseline
+#include "priority_mask_kernel.h"
+#undef DLLM_MASKS_KERNEL_ENTRY
 
 namespace dllm_masks {
 namespace {
 
-constexpr int64_t kIgnoreIndex = -100;
-// Tokens per decide/emit step: its byte buffers and draws live on the stack, in L1.
-constexpr int64_t kChunk = 256;
-// Draws held per sequence window: kChunk positions from any start, aligned down to a block.
-constexpr int64_t kBlockPos = 4 * kLanes;  // positions per philox_block
-constexpr int64_t kWindow = kChunk + kBlockPos;
-constexpr int64_t kStreamBytes = int64_t(16) << 20;  // outputs from 16 MiB on bypass the caches
-constexpr int kBucketBits = 8;  // radix select of the exact sampling: 256 buckets of r's top bits
-constexpr int kBuckets = 1 << kBucketBits;
-
-enum class MaskMode { kAll, kPrompt, kTensor };
-
-// torch.minimum / torch.maximum: NaN propagates (std::min / std::max would drop it).
-inline double t_min(double a, double b) { return (a != a || b != b) ? std::numeric_limits<double>::quiet_NaN() : (b < a ? b : a); }
-inline double t_max(double a, double b) { return (a != a || b != b) ? std::numeric_limits<double>::quiet_NaN() : (b > a ? b : a); }
-
-struct Rates {
-  double q0, q1;
-};
-
-// DESIGN §3, the operations of dllm_masks/rates.py::_solve in the same order, each rounded.
-Rates solve_rates(int64_t n, int64_t n1_count, float sigma, double w) {
-  const double N = double(n);
-  const double n1 = double(n1_count);
-  const double n0 = N - n1;
-  const double s = double(sigma);
-  const double K = s * N;
-  double q0, q1;
-  if (w == 1.0) {
-    q0 = s;
-    q1 = s;
-  } else if (std::isinf(w)) {
-    q1 = t_min(1.0, K / n1);
-    q0 = t_max(0.0, (K - n1) / n0);
-  } else if (w == 0.0) {
-    q0 = t_min(1.0, K / n0);
-    q1 = t_max(0.0, (K - n0) / n1);
-  } else {
-    const double wn1 = n1 * w;  // w*n1 rounded, then + n0 rounded: no fma
-    const double den = wn1 + n0;
-    const double p = K / den;
-    const double wp = p * w;
-    if (w > 1.0) {
-      const bool keep = wp <= 1.0;
-      q0 = keep ? p : (K - n1) / n0;
-      q1 = keep ? wp : 1.0;
-    } else {
-      const bool keep = p <= 1.0;
-      q0 = keep ? p : 1.0;
-      q1 = keep ? wp : (K - n0) / n1;
-    }
-  }
-  if (n1 == 0.0 || n0 == 0.0) {
-    q0 = s;
-    q1 = s;
-  }
-  if (N == 0.0) {
-    q0 = 0.0;
-    q1 = 0.0;
-  }
-  return {q0, q1};
-}
-
-// rates.py::exact_counts: k = floor(s*N + 0.5), k1 clamped into [max(0, k - n0), min(n1, k)].
-void exact_counts(int64_t n, int64_t n1, float sigma, const Rates& R, int64_t& k0, int64_t& k1) {
-  const double N = double(n);
-  const double n1f = double(n1);
-  const double n0f = N - n1f;
-  const double K = double(sigma) * N;
-  const double k = std::floor(K + 0.5);
-  const double k1r = std::floor(R.q1 * n1f + 0.5);
-  const double lo = t_max(k - n0f, 0.0);
-  const double hi = t_min(n1f, k);
-  const double k1f = t_min(t_max(k1r, lo), hi);
-  // Valid rates keep both in range; the clamps keep a selection inside its group regardless.
-  const int64_t ki = std::isfinite(k) ? std::min<int64_t>(std::max<int64_t>(int64_t(k), 0), n) : 0;
-  const int64_t k1i = std::isfinite(k1f) ? int64_t(k1f) : 0;
-  k1 = std::min(std::max<int64_t>(k1i, 0), n1);
-  k0 = std::min(std::max<int64_t>(ki - k1, 0), n - n1);
-}
-
-// Everything a segment's writes need, derived from its rates.
-struct SegParams {
-  // Bernoulli: masked <=> en[g] && r <= thr[g], i.e. r < floor(q_g * 2^32) (g: 0 other, 1 priority)
-  uint32_t thr[2] = {0, 0};
-  uint8_t en[2] = {0, 0};
-  // Exact: masked <=> en[g] && (r, index) <= (rc[g], ic[g])
-  uint32_t rc[2] = {0, 0}, ic[2] = {0, 0};
-  float lw0[2] = {0.f, 0.f}, lw1[2] = {0.f, 0.f};  // loss weights of view 0 / view 1 where masked
-};
-
-void set_thresholds(SegParams& P, const Rates& R) {
-  const double q[2] = {R.q0, R.q1};
-  for (int g = 0; g < 2; ++g) {
-    // rates.py::bernoulli_thresholds: floor(q * 2^32) as int64; r < T for a uint32 r.
-    const double t = std::floor(q[g] * 4294967296.0);
-    if (!(t >= 1.0)) {  // T <= 0 (or NaN): never masked
-      P.en[g] = 0;
-      P.thr[g] = 0;
-    } else {
-      P.en[g] = 1;
-      P.thr[g] = t >= 4294967296.0 ? 0xffffffffu : uint32_t(int64_t(t) - 1);
-    }
-  }
-}
-
-void set_loss_weights(SegParams& P, const Rates& R, float sigma, int64_t mode) {
-  // reference: where(masked, 1.0 / q, 0.0).to(float32), q = σ (mode 1) or q_g (mode 2), in float64
-  const double q[2] = {mode == 1 ? double(sigma) : R.q0, mode == 1 ? double(sigma) : R.q1};
-  for (int g = 0; g < 2; ++g) {
-    P.lw0[g] = float(1.0 / q[g]);
-    P.lw1[g] = float(1.0 / (1.0 - q[g]));
-  }
-}
-
-// Everything the parallel loop reads or writes; every index it will use was checked before.
-struct Ctx {
-  int64_t T = 0, B = 0, S = 0, block = 0;
-  const int64_t* cu = nullptr;         // [B+1]
-  const int64_t* seg_start = nullptr;  // [S+1] first token of each segment, seg_start[S] = T
-  const int64_t* seg_seq = nullptr;    // [S] sequence of each segment
-  const uint8_t* prio = nullptr;       // [T] or null
-  const uint8_t* mkp = nullptr;        // [T] or null
-  const int64_t* plen = nullptr;       // [B] or null
-  const int64_t* sample_ids = nullptr; // [B] or null
-  uint64_t seed = 0, seq_offset = 0;
-  const float* sigma = nullptr;
-  bool sigma_bcast = true;
-  double w = 1.0;
-  bool exact = false, comp = false;
-  bool stream = false;  // outputs larger than the caches: streaming stores
-  int64_t lw_mode = 0;
-  int64_t mask_id = 0;
-  const void* ids = nullptr;
-  void* noisy = nullptr;
-  bool* masked = nullptr;
-  int64_t* labels = nullptr;
-  float* lw = nullptr;
-  double* rates = nullptr;
-
-  float sigma_of(int64_t s) const { return sigma[sigma_bcast ? 0 : s]; }
-  uint64_t seq_key(int64_t q) const {
-    return sample_ids ? uint64_t(sample_ids[q]) : seq_offset + uint64_t(q);  // wraps like int64 adds
-  }
-};
-
-// A run of work for one thread: whole segments [s0, s1), or (split) the tokens [t0, t1) of the
-// single segment s0 whose rates were solved beforehand.
-struct Item {
-  int64_t s0, s1, t0, t1;
-  bool split;
-};
-
-// Draws of one sequence's positions [lo, hi), computed a block at a time and reused by every
-// segment that lies inside (short blocks of block diffusion share one Philox evaluation).
-struct DrawWindow {
-  int64_t q = -1, lo = 0, hi = 0;
-  alignas(64) uint32_t buf[kWindow];
-
-  // Pointer to the draw of position p of sequence q; [p, p + n) must lie in one chunk
-  // (p + n <= (p & ~(kBlockPos-1)) + kChunk) and inside the sequence (p + n <= len).
-  const uint32_t* get(const Ctx& c, int64_t q_, int64_t p, int64_t n, int64_t len, uint32_t stream) {
-    if (q_ != q || p < lo || p + n > hi) {
-      q = q_;
-      lo = p & ~(kBlockPos - 1);
-      const int64_t end = std::min<int64_t>(lo + kWindow, (len + kBlockPos - 1) & ~(kBlockPos - 1));
-      const PhiloxStream st(c.seed, c.seq_key(q), stream);
-      int64_t x = lo;
-      for (uint32_t* o = buf; x < end; x += kBlockPos, o += kBlockPos) philox_block(st, uint32_t(x >> 2), o);
-      hi = x;
-    }
-    return buf + (p - lo);
-  }
-};
-
-// Per-thread buffers of the exact sampling, sized before the loop to the longest segment.
-struct Scratch {
-  uint32_t* r = nullptr;  // draws of a segment (philox_fill scratch)
-  uint8_t* code = nullptr;  // per token: bit 0 maskable, bit 1 priority
-  uint64_t* sel = nullptr;  // keys of the bucket holding the k-th smallest
-};
-
-// memcpy whose aligned middle uses non-temporal stores (x86 SSE2); callers fence once at the end.
-inline void stream_copy(void* dst, const void* src, size_t n) {
-#if defined(__SSE2__)
-  char* d = static_cast<char*>(dst);
-  const char* s = static_cast<const char*>(src);
-  size_t head = (16 - (reinterpret_cast<uintptr_t>(d) & 15)) & 15;
-  if (head > n) head = n;
-  std::memcpy(d, s, head);
-  d += head, s += head, n -= head;
-  for (; n >= 16; n -= 16, d += 16, s += 16) {
-    _mm_stream_si128(reinterpret_cast<__m128i*>(d), _mm_loadu_si128(reinterpret_cast<const __m128i*>(s)));
-  }
-  std::memcpy(d, s, n);
-#else
-  std::memcpy(dst, src, n);
-#endif
-}
-
-inline void stream_fence() {
-#if defined(__SSE2__)
-  _mm_sfence();
-#endif
-}
-
-inline int64_t count_nonzero(const uint8_t* p, int64_t n) {
-  int64_t total = 0;
-  for (int64_t a = 0; a < n; a += 4096) {
-    const int64_t e = std::min<int64_t>(n, a + 4096);
-    uint32_t acc = 0;
-    for (int64_t i = a; i < e; ++i) acc += p[i] != 0;
-    total += acc;
-  }
-  return total;
-}
-
-inline int64_t count_both(const uint8_t* m, const uint8_t* p, int64_t n) {
-  int64_t total = 0;
-  for (int64_t a = 0; a < n; a += 4096) {
-    const int64_t e = std::min<int64_t>(n, a + 4096);
-    uint32_t acc = 0;
-    for (int64_t i = a; i < e; ++i) acc += (m[i] != 0) & (p[i] != 0);
-    total += acc;
-  }
-  return total;
-}
-
-template <typename IdT, MaskMode M, bool HasPrio>
-struct Kernel {
-  const Ctx& c;
-
-  // Number of maskable (n) and maskable priority (n1) tokens among tokens [a, e) of sequence q.
-  void count(int64_t q, int64_t a, int64_t e, int64_t& n, int64_t& n1) const {
-    if (M == MaskMode::kPrompt) a = std::min(e, std::max(a, c.cu[q] + c.plen[q]));
-    if (M == MaskMode::kTensor) {
-      n = count_nonzero(c.mkp + a, e - a);
-      n1 = HasPrio ? count_both(c.mkp + a, c.prio + a, e - a) : 0;
-    } else {
-      n = e - a;
-      n1 = HasPrio ? count_nonzero(c.prio + a, e - a) : 0;
-    }
-  }
-
-  // Maskable and priority bits of tokens [t, t + n) at positions [p, p + n) of sequence q.
-  inline void bits(int64_t q, int64_t t, int64_t p, int64_t n, uint8_t* mk, uint8_t* g) const {
-    int32_t np = 0;  // prompt tokens at the head of the chunk
-    if (M == MaskMode::kPrompt) np = int32_t(std::min<int64_t>(n, std::max<int64_t>(0, c.plen[q] - p)));
-    const uint8_t* mkp = M == MaskMode::kTensor ? c.mkp + t : nullptr;
-    const uint8_t* pr = HasPrio ? c.prio + t : nullptr;
-    for (int32_t i = 0; i < int32_t(n); ++i) {
-      const uint8_t m = M == MaskMode::kAll ? 1 : M == MaskMode::kPrompt ? uint8_t(i >= np) : uint8_t(mkp[i] != 0);
-      mk[i] = m;
-      g[i] = HasPrio ? uint8_t(m & (pr[i] != 0)) : 0;
-    }
-  }
-
-  // Writes every output of tokens [t, t + n) from the masked (m8), complement (c8) and
-  // group (g8) bytes: each output stream is written in order, one loop per stream. Large
-  // outputs go through an L1 staging buffer and streaming stores (no read for ownership of
-  // lines the kernel only writes).
-  void emit(const SegParams& P, int64_t t, int64_t n, const uint8_t* m8, const uint8_t* c8, const uint8_t* g8) const {
-    const IdT* ids = static_cast<const IdT*>(c.ids) + t;
-    const IdT mask = IdT(c.mask_id);
-    const int64_t views = c.comp ? 2 : 1;
-    alignas(64) unsigned char stage[kChunk * 8];
-    const auto put = [&](auto* dst, const auto& fill) {
-      using T = std::remove_pointer_t<decltype(dst)>;
-      if (c.stream) {
-        fill(reinterpret_cast<T*>(stage));
-        stream_copy(dst, stage, size_t(n) * sizeof(T));
-      } else {
-        fill(dst);
-      }
-    };
-    for (int64_t v = 0; v < views; ++v) {
-      const uint8_t* mv = v ? c8 : m8;
-      const int64_t o = v * c.T + t;
-      // Selects as bit masks (all ones where masked): branch-free, so the loops vectorize.
-      put(static_cast<IdT*>(c.noisy) + o, [&](IdT* __restrict out) {
-        for (int64_t i = 0; i < n; ++i) {
-          const IdT sel = IdT(0) - IdT(mv[i]);
-          out[i] = (ids[i] & ~sel) | (mask & sel);
-        }
-      });
-      put(c.labels + o, [&](int64_t* __restrict out) {
-        for (int64_t i = 0; i < n; ++i) {
-          const int64_t sel = -int64_t(mv[i]);
-          out[i] = (int64_t(ids[i]) & sel) | (kIgnoreIndex & ~sel);
-        }
-      });
-      put(reinterpret_cast<uint8_t*>(c.masked + o), [&](uint8_t* __restrict out) {
-        std::memcpy(out, mv, size_t(n));  // bytes are 0 / 1: valid bools
-      });
-      if (c.lw_mode) {
-        uint32_t w0, w1;  // bits of the two groups' weights
-        std::memcpy(&w0, v ? &P.lw1[0] : &P.lw0[0], 4);
-        std::memcpy(&w1, v ? &P.lw1[1] : &P.lw0[1], 4);
-        put(reinterpret_cast<uint32_t*>(c.lw + o), [&](uint32_t* __restrict out) {
-          for (int64_t i = 0; i < n; ++i) {
-            const uint32_t gsel = 0u - uint32_t(g8[i]);
-            out[i] = ((w1 & gsel) | (w0 & ~gsel)) & (0u - uint32_t(mv[i]));  // +0.0f where not masked
-          }
-        });
-      }
-    }
-  }
-
-  Rates solve_segment(int64_t s, int64_t n, int64_t n1) const {
-    const Rates R = solve_rates(n, n1, c.sigma_of(s), c.w);
-    c.rates[2 * s] = R.q0;
-    c.rates[2 * s + 1] = R.q1;
-    return R;
-  }
-
-  // Bernoulli: tokens [t0, t1) of segment s with parameters P.
-  void bernoulli_range(int64_t s, int64_t t0, int64_t t1, const SegParams& P, DrawWindow& win) const {
-    const int64_t q = c.seg_seq[s];
-    const int64_t base = c.cu[q], len = c.cu[q + 1] - base;
-    alignas(64) uint8_t m8[kChunk], c8[kChunk], g8[kChunk], mk[kChunk];
-    for (int64_t t = t0; t < t1;) {
-      const int64_t p = t - base;
-      const int64_t n = std::min(t1 - t, ((p & ~(kBlockPos - 1)) + kChunk) - p);
-      const uint32_t* r = win.get(c, q, p, n, len, kStreamBernoulli);
-      bits(q, t, p, n, mk, g8);
-      const uint32_t thr0 = P.thr[0], thr1 = P.thr[1];
-      const uint8_t en0 = P.en[0], en1 = P.en[1];
-      for (int64_t i = 0; i < n; ++i) {
-        const uint8_t g = g8[i];
-        const uint32_t thr = g ? thr1 : thr0;
-        const uint8_t en = g ? en1 : en0;
-        const uint8_t m = mk[i] & en & uint8_t(r[i] <= thr);
-        m8[i] = m;
-        c8[i] = mk[i] & (m ^ 1);
-      }
-      emit(P, t, n, m8, c8, g8);
-      t += n;
-    }
-  }
-
-  void params(SegParams& P, const Rates& R, int64_t s) const {
-    set_thresholds(P, R);
-    if (c.lw_mode) set_loss_weights(P, R, c.sigma_of(s), c.lw_mode);
-  }
-
-  // One fused pass over segment s: count, solve, draw, threshold, write.
-  void bernoulli_segment(int64_t s, DrawWindow& win) const {
-    const int64_t a = c.seg_start[s], e = c.seg_start[s + 1];
-    int64_t n, n1;
-    count(c.seg_seq[s], a, e, n, n1);
-    SegParams P;
-    params(P, solve_segment(s, n, n1), s);
-    bernoulli_range(s, a, e, P, win);
-  }
-
-  // Exact: per group the k smallest keys (r, i) (draw, then index in the segment: the order of the
-  // reference's stable sort). A radix select on r's top bits (one histogram pass) finds the bucket
-  // holding the k-th smallest; one branch-free scan collects that bucket's keys for both groups,
-  // and nth_element inside it gives the cut (rc, ic): masked <=> r < rc or (r == rc and i <= ic).
-  void exact_segment(int64_t s, DrawWindow& win, const Scratch& sc) const {
-    const int64_t q = c.seg_seq[s];
-    const int64_t a = c.seg_start[s], e = c.seg_start[s + 1], L = e - a;
-    const int64_t base = c.cu[q], len = c.cu[q + 1] - base, p0 = a - base;
-    const uint32_t* r;
-    if (p0 + L <= (p0 & ~(kBlockPos - 1)) + kChunk) {
-      r = L ? win.get(c, q, p0, L, len, kStreamSelect) : nullptr;
-    } else {
-      r = philox_fill(PhiloxStream(c.seed, c.seq_key(q), kStreamSelect), p0, L, sc.r);
-    }
-    uint8_t* code = sc.code;  // bit 0 maskable, bit 1 priority
-    uint32_t hist[2 * kBuckets];
-    std::memset(hist, 0, sizeof(hist));
-    int64_t n = 0, n1 = 0;
-    alignas(64) uint8_t mk[kChunk], g8[kChunk];
-    for (int64_t i0 = 0; i0 < L; i0 += kChunk) {
-      const int64_t m = std::min(kChunk, L - i0);
-      bits(q, a + i0, p0 + i0, m, mk, g8);
-      for (int64_t i = 0; i < m; ++i) {
-        code[i0 + i] = uint8_t(mk[i] | (g8[i] << 1));
-        n += mk[i];
-        n1 += g8[i];
-        hist[(uint32_t(g8[i]) << kBucketBits) | (r[i0 + i] >> (32 - kBucketBits))] += mk[i];
-      }
-    }
-    const Rates R = solve_segment(s, n, n1);
-    int64_t k[2];
-    exact_counts(n, n1, c.sigma_of(s), R, k[0], k[1]);
-    const int64_t ng[2] = {n - n1, n1};
-    SegParams P;
-    if (c.lw_mode) set_loss_weights(P, R, c.sigma_of(s), c.lw_mode);
-    uint32_t tag[2] = {0xffffffffu, 0xffffffffu};  // (code << 8 | bucket) of the keys to collect
-    int64_t below[2] = {0, 0}, room[2] = {1, 1};
-    for (int g = 0; g < 2; ++g) {
-      P.en[g] = k[g] > 0;
-      P.rc[g] = P.ic[g] = 0xffffffffu;  // k == ng: every key is below the cut
-      if (k[g] <= 0 || k[g] >= ng[g]) continue;
-      const uint32_t* h = hist + (g << kBucketBits);
-      uint32_t b = 0;
-      while (below[g] + h[b] < k[g]) below[g] += h[b++];  // stops at b < kBuckets: the counts sum to ng > k
-      tag[g] = (uint32_t(1 | (g << 1)) << kBucketBits) | b;
-      room[g] = int64_t(h[b]) + 1;
-    }
-    if (tag[0] != 0xffffffffu || tag[1] != 0xffffffffu) {
-      uint64_t* sel[2] = {sc.sel, sc.sel + room[0]};  // room[0] + room[1] <= L + 2 slots
-      int64_t m0 = 0, m1 = 0;
-      for (int64_t i = 0; i < L; ++i) {  // each slot is written, kept only on a hit
-        const uint32_t t = (uint32_t(code[i]) << kBucketBits) | (r[i] >> (32 - kBucketBits));
-        const uint64_t key = (uint64_t(r[i]) << 32) | uint64_t(i);
-        sel[0][m0] = key;
-        m0 += t == tag[0];
-        sel[1][m1] = key;
-        m1 += t == tag[1];
-      }
-      const int64_t got[2] = {m0, m1};
-      for (int g = 0; g < 2; ++g) {
-        if (tag[g] == 0xffffffffu) continue;
-        uint64_t* nth = sel[g] + (k[g] - 1 - below[g]);  // 0 <= k - 1 - below < h[b] = got[g]
-        std::nth_element(sel[g], nth, sel[g] + got[g]);
-        P.rc[g] = uint32_t(*nth >> 32);
-        P.ic[g] = uint32_t(*nth);
-      }
-    }
-    alignas(64) uint8_t m8[kChunk], c8[kChunk];
-    const uint32_t rc0 = P.rc[0], rc1 = P.rc[1], ic0 = P.ic[0], ic1 = P.ic[1];
-    const uint32_t en0 = P.en[0], en1 = P.en[1];
-    for (int64_t i0 = 0; i0 < L; i0 += kChunk) {
-      const int64_t m = std::min(kChunk, L - i0);
-      const uint32_t* ri = r + i0;
-      const uint8_t* cd = code + i0;
-      for (int32_t i = 0; i < int32_t(m); ++i) {  // branch-free, 32-bit lanes: vectorizes
-        const uint32_t mki = cd[i] & 1u, g = cd[i] >> 1;
-        const uint32_t gs = 0u - g;
-        const uint32_t rc = (rc0 & ~gs) | (rc1 & gs), ic = (ic0 & ~gs) | (ic1 & gs), en = (en0 & ~gs) | (en1 & gs);
-        const uint32_t idx = uint32_t(i0) + uint32_t(i);
-        const uint32_t below_cut = uint32_t(ri[i] < rc) | (uint32_t(ri[i] == rc) & uint32_t(idx <= ic));
-        const uint32_t msk = mki & en & below_cut;
-        m8[i] = uint8_t(msk);
-        c8[i] = uint8_t(mki & (msk ^ 1u));
-        g8[i] = uint8_t(g);
-      }
-      emit(P, a + i0, m, m8, c8, g8);
-    }
-  }
-
-  // Tokens [t0, t1) of a segment split across items: counts only (phase 1).
-  void count_split(const Item& it, int64_t& n, int64_t& n1) const { count(c.seg_seq[it.s0], it.t0, it.t1, n, n1); }
-
-  void run(const Item& it, DrawWindow& win, const Scratch& sc, const SegParams* split_params) const {
-    if (it.split) {
-      bernoulli_range(it.s0, it.t0, it.t1, *split_params, win);
-      return;
-    }
-    for (int64_t s = it.s0; s < it.s1; ++s) {
-      if (c.exact) exact_segment(s, win, sc);
-      else bernoulli_segment(s, win);
-    }
-  }
-};
-
-// Items: consecutive segments grouped to about `target` tokens (writes stay in order within an
-// item); a Bernoulli segment longer than that is split into chunks of `target` tokens so one
-// long sequence still spreads over every thread. Exact segments are never split.
-std::vector<Item> make_items(const Ctx& c, int64_t target, bool split_long) {
-  std::vector<Item> items;
-  items.reserve(size_t(std::min<int64_t>(c.S, c.T / target + c.S / 1024 + 16)));
-  int64_t s0 = 0, tokens = 0;
-  for (int64_t s = 0; s < c.S; ++s) {
-    const int64_t a = c.seg_start[s], e = c.seg_start[s + 1];
-    if (split_long && e - a > target) {
-      if (s > s0) items.push_back({s0, s, c.seg_start[s0], a, false});
-      for (int64_t t = a; t < e; t += target) items.push_back({s, s + 1, t, std::min(e, t + target), true});
-      s0 = s + 1;
-      tokens = 0;
-      continue;
-    }
-    tokens += e - a + 16;  // + a little per segment: empty segments still cost their rates
-    if (tokens >= target) {
-      items.push_back({s0, s + 1, c.seg_start[s0], e, false});
-      s0 = s + 1;
-      tokens = 0;
-    }
-  }
-  if (c.S > s0) items.push_back({s0, c.S, c.seg_start[s0], c.T, false});
-  return items;
-}
-
-// Runs body(slot, i) for i in [0, nitems) on `nslots` threads that take items in order from a
-// shared counter (a dynamic schedule: sequences of any lengths balance themselves); `slot`
-// names the thread's own scratch. at::parallel_for runs on torch's pool and thread count.
-template <typename F>
-void for_each_item(int64_t nslots, int64_t nitems, const F& body) {
-  std::atomic<int64_t> next{0};
-  at::parallel_for(0, nslots, 1, [&](int64_t b, int64_t e) {
-    for (int64_t slot = b; slot < e; ++slot) {
-      for (int64_t i; (i = next.fetch_add(1, std::memory_order_relaxed)) < nitems;) body(slot, i);
-    }
-    stream_fence();  // streaming stores are visible before the region's join
-  });
-}
-
-// Tokens per thread at least: below that, waking a thread costs more than it saves (the grain
-// torch's elementwise kernels use).
-constexpr int64_t kMinTokensPerThread = 32768;
-
-template <typename IdT, MaskMode M, bool HasPrio>
-void run_kernel(const Ctx& c) {
-  const Kernel<IdT, M, HasPrio> k{c};
-  const int64_t nthreads = std::min<int64_t>(std::max(1, at::get_num_threads()),
-                                             std::max<int64_t>(1, c.T / kMinTokensPerThread));
-  const int64_t target = std::min<int64_t>(65536, std::max<int64_t>(4096, c.T / (nthreads * 16)));
-  const std::vector<Item> items = make_items(c, target, !c.exact);
-  const int64_t nitems = int64_t(items.size());
-  const int64_t nslots = std::min(nthreads, nitems);
-
-  // Phase 1 (Bernoulli segments split across items): count each chunk, then solve per segment.
-  std::vector<int64_t> split_counts;
-  std::vector<SegParams> split_params(static_cast<size_t>(nitems));
-  bool any_split = false;
-  for (const Item& it : items) any_split |= it.split;
-  if (any_split) {
-    split_counts.assign(size_t(2 * nitems), 0);
-    for_each_item(nslots, nitems, [&](int64_t, int64_t i) {
-      if (items[i].split) k.count_split(items[i], split_counts[2 * i], split_counts[2 * i + 1]);
-    });
-    for (int64_t i = 0; i < nitems;) {
-      if (!items[i].split) {
-        ++i;
-        continue;
-      }
-      const int64_t s = items[i].s0;
-      int64_t j = i, n = 0, n1 = 0;
-      for (; j < nitems && items[j].split && items[j].s0 == s; ++j) n += split_counts[2 * j], n1 += split_counts[2 * j + 1];
-      SegParams P;
-      k.params(P, k.solve_segment(s, n, n1), s);
-      for (; i < j; ++i) split_params[i] = P;
-    }
-  }
-
-  // Exact: per-thread buffers for the longest segment (sized here: nothing is allocated below).
-  std::vector<uint32_t> r_buf;
-  std::vector<uint8_t> code_buf;
-  std::vector<uint64_t> sel_buf;
-  int64_t per = 0;
-  if (c.exact) {
-    int64_t Lmax = 0;
-    for (int64_t s = 0; s < c.S; ++s) Lmax = std::max(Lmax, c.seg_start[s + 1] - c.seg_start[s]);
-    per = Lmax + 2 * kBlockPos + 8;  // philox_fill needs L + 67 words, the selection L + 2 keys
-    r_buf.resize(size_t(nslots * per));
-    code_buf.resize(size_t(nslots * per));
-    sel_buf.resize(size_t(nslots * per));
-  }
-
-  // Phase 2: every item, fused per segment. Each thread keeps its draw window and scratch.
-  std::vector<DrawWindow> windows(static_cast<size_t>(nslots));
-  for_each_item(nslots, nitems, [&](int64_t slot, int64_t i) {
-    Scratch sc;
-    if (c.exact) {
-      sc.r = r_buf.data() + slot * per;
-      sc.code = code_buf.data() + slot * per;
-      sc.sel = sel_buf.data() + slot * per;
-    }
-    k.run(items[i], windows[slot], sc, &split_params[i]);
-  });
-}
-
-template <typename IdT>
-void dispatch_mode(const Ctx& c) {
-  const bool hp = c.prio != nullptr;
-  if (c.mkp) {
-    hp ? run_kernel<IdT, MaskMode::kTensor, true>(c) : run_kernel<IdT, MaskMode::kTensor, false>(c);
-  } else if (c.plen) {
-    hp ? run_kernel<IdT, MaskMode::kPrompt, true>(c) : run_kernel<IdT, MaskMode::kPrompt, false>(c);
-  } else {
-    hp ? run_kernel<IdT, MaskMode::kAll, true>(c) : run_kernel<IdT, MaskMode::kAll, false>(c);
-  }
-}
+using detail::Ctx;
 
 // ---------------------------------------------------------------------------------------------
 // Argument checks (DESIGN §8): every dtype, size and index the kernel relies on.
@@ -665,7 +84,17 @@ at::Tensor seq_int64(const std::optional<at::Tensor>& x, const char* name, int64
   return x->to(at::kLong).contiguous();
 }
 
+// The AVX-512 build where it exists and the CPU runs it; DLLM_MASKS_CPU_ISA=baseline forces the
+// baseline (tests compare both; the answer is the same bit for bit).
+bool use_avx512_kernel() {
+  const char* isa = std::getenv("DLLM_MASKS_CPU_ISA");
+  if (isa != nullptr && std::strcmp(isa, "baseline") == 0) return false;
+  return detail::have_avx512_kernel();
+}
+
 }  // namespace
+
+std::string kernel_isa() { return use_avx512_kernel() ? "avx512" : "baseline"; }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> priority_mask_cpu(
     const at::Tensor& input_ids_, const at::Tensor& cu_seqlens_, const at::Tensor& sigma_,
@@ -800,7 +229,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> priority_
   c.comp = complementary;
   c.lw_mode = loss_weight_mode;
   c.mask_id = mask_token_id;
-  c.stream = V * T * (ids.element_size() + 9 + (loss_weight_mode ? 4 : 0)) >= kStreamBytes;
+  c.stream = V * T * (ids.element_size() + 9 + (loss_weight_mode ? 4 : 0)) >= detail::kStreamBytes;
   c.ids = ids.data_ptr();
   c.noisy = noisy.data_ptr();
   c.masked = masked.data_ptr<bool>();
@@ -808,10 +237,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> priority_
   c.lw = loss_weight_mode ? lw.data_ptr<float>() : nullptr;
   c.rates = rates.data_ptr<double>();
 
-  if (S > 0) {
-    if (id_type == at::kInt) dispatch_mode<int32_t>(c);
-    else dispatch_mode<int64_t>(c);
-  }
+  c.ids32 = id_type == at::kInt;
+  if (S > 0) (use_avx512_kernel() ? detail::priority_mask_kernel_avx512 : detail::priority_mask_kernel_baseline)(c);
   return {noisy, masked, labels, lw, rates};
 }
 

@@ -4,6 +4,7 @@
 #include <ATen/core/Tensor.h>
 
 #include <optional>
+#include <string>
 #include <tuple>
 
 namespace dllm_masks {
@@ -18,5 +19,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> priority_
     const std::optional<at::Tensor>& prompt_lens, const std::optional<at::Tensor>& sample_ids,
     const at::Tensor& rng, double weight, int64_t block_size, int64_t num_segments, bool exact,
     bool complementary, int64_t loss_weight_mode, int64_t mask_token_id);
+
+// The instruction set of the kernel build that calls on this CPU take: "avx512" (x86-64-v4) or
+// "baseline"; DLLM_MASKS_CPU_ISA=baseline forces the baseline.
+std::string kernel_isa();
 
 }  // namespace dllm_masks

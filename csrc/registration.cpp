@@ -17,4 +17,7 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         pybind11::arg("maskable"), pybind11::arg("prompt_lens"), pybind11::arg("sample_ids"), pybind11::arg("rng"),
         pybind11::arg("weight"), pybind11::arg("block_size"), pybind11::arg("num_segments"), pybind11::arg("exact"),
         pybind11::arg("complementary"), pybind11::arg("loss_weight_mode"), pybind11::arg("mask_token_id"));
+  m.def("kernel_isa", &dllm_masks::kernel_isa,
+        "Instruction set of the kernel build this CPU runs: 'avx512' (x86-64-v4) or 'baseline' "
+        "(DLLM_MASKS_CPU_ISA=baseline forces the baseline).");
 }

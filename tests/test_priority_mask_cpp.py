@@ -162,6 +162,34 @@ def test_non_contiguous_and_widened_inputs():
     _same_tuple(C.priority_mask(*args), priority_mask_ref(*args), "widened dtypes")
 
 
+def test_both_instruction_set_builds_agree(monkeypatch):
+    """The kernel is built for the baseline ISA and for x86-64-v4 (AVX-512), chosen per CPU; the
+    baseline is forced with DLLM_MASKS_CPU_ISA=baseline, so both run here where AVX-512 exists."""
+    isa = C.kernel_isa()
+    assert isa in ("avx512", "baseline")
+    lengths = [5, 0, 1, 31, 33, 4097, 3, 700]
+    cases = [packed_case(lengths, seed=i, sampling=smp, block_size=blk, complementary=True, weight=w, loss_weight=lw,
+                         dtype=dt)
+             for i, (smp, blk, w, lw, dt) in enumerate([("bernoulli", None, 2.0, "token", torch.int64),
+                                                        ("exact", None, 0.5, "sigma", torch.int32),
+                                                        ("bernoulli", 3, math.inf, None, torch.int32),
+                                                        ("exact", 32, 2.0, "token", torch.int64)])]
+    native = [dm.priority_mask(**kw, backend="cpp") for kw in cases]
+    monkeypatch.setenv("DLLM_MASKS_CPU_ISA", "baseline")
+    assert C.kernel_isa() == "baseline"
+    for kw, got in zip(cases, native):
+        base = dm.priority_mask(**kw, backend="cpp")
+        assert_same(base, got, f"baseline vs {isa}")
+        assert_same(base, dm.priority_mask(**kw, backend="ref"), "baseline vs reference")
+
+
+@settings(max_examples=60, suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
+@given(random_cases())
+def test_random_cases_baseline_build(monkeypatch, kw):
+    monkeypatch.setenv("DLLM_MASKS_CPU_ISA", "baseline")
+    _check(kw, "hypothesis, baseline build")
+
+
 def _with_threads(n, fn):
     old = torch.get_num_threads()
     torch.set_num_threads(n)
