@@ -4,10 +4,10 @@
 // the token at position j of a sequence with key s draws
 //   philox((j >> 2, s & 0xffffffff, s >> 32, stream), (seed & 0xffffffff, seed >> 32))[j & 3].
 //
-// philox_fill() evaluates kLanes calls side by side in structure-of-arrays form: every round is
-// a loop over the lanes with 32x32->64 multiplies, which the compiler turns into vector
-// multiplies (pmuludq; vpmuludq on zmm registers in the AVX-512 build: 0.67 vs 1.4 ns per draw on
-// one EPYC core), then transposes the words back to position order.
+// philox_block() evaluates kLanes calls side by side: a loop over the lanes whose body runs the
+// ten rounds, with 32x32->64 multiplies the compiler turns into vector multiplies (pmuludq;
+// vpmuludq on zmm registers in the AVX-512 build: 0.67 vs 1.4 ns per draw on one EPYC core),
+// then transposes the words back to position order.
 #pragma once
 
 #include <cstdint>

@@ -17,7 +17,6 @@ namespace dllm_masks {
 namespace detail {
 namespace {
 
-
 constexpr int64_t kIgnoreIndex = -100;
 // Tokens per decide/emit step: its byte buffers and draws live on the stack, in L1.
 constexpr int64_t kChunk = 256;

@@ -4,7 +4,32 @@
 #include <torch/extension.h>
 #include <torch/library.h>
 
+#include <array>
+#include <vector>
+
+#include "philox.h"
 #include "priority_mask.h"
+
+namespace {
+
+// For tests: one Philox4x32-10 call, and draws in the counter layout of DESIGN §4 through the
+// kernels' own block evaluation (philox_fill).
+std::array<uint32_t, 4> philox_call(uint32_t c0, uint32_t c1, uint32_t c2, uint32_t c3, uint32_t k0, uint32_t k1) {
+  const uint32_t ctr[4] = {c0, c1, c2, c3};
+  std::array<uint32_t, 4> out;
+  dllm_masks::philox4x32_10(ctr, k0, k1, out.data());
+  return out;
+}
+
+std::vector<uint32_t> philox_draws(uint64_t seed, uint64_t seq_key, uint32_t stream, int64_t start, int64_t count) {
+  TORCH_CHECK_VALUE(start >= 0 && count >= 0 && count <= (int64_t(1) << 24) && start + count <= (int64_t(1) << 33),
+                    "philox_draws: need 0 <= start, 0 <= count <= 2^24 and start + count <= 2^33");
+  std::vector<uint32_t> scratch(size_t(count + 4 * dllm_masks::kLanes + 8));
+  const uint32_t* r = dllm_masks::philox_fill(dllm_masks::PhiloxStream(seed, seq_key, stream), start, count, scratch.data());
+  return std::vector<uint32_t>(r, r + count);
+}
+
+}  // namespace
 
 TORCH_LIBRARY_IMPL(dllm_masks, CPU, m) { m.impl("priority_mask", &dllm_masks::priority_mask_cpu); }
 
@@ -17,6 +42,11 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         pybind11::arg("maskable"), pybind11::arg("prompt_lens"), pybind11::arg("sample_ids"), pybind11::arg("rng"),
         pybind11::arg("weight"), pybind11::arg("block_size"), pybind11::arg("num_segments"), pybind11::arg("exact"),
         pybind11::arg("complementary"), pybind11::arg("loss_weight_mode"), pybind11::arg("mask_token_id"));
+  m.def("philox4x32_10", &philox_call, "One Philox4x32-10 call (tests): (c0, c1, c2, c3, k0, k1) -> 4 words.");
+  m.def("philox_draws", &philox_draws,
+        "Draws of positions [start, start + count) of one sequence and stream (DESIGN 4; tests).",
+        pybind11::arg("seed"), pybind11::arg("seq_key"), pybind11::arg("stream"), pybind11::arg("start"),
+        pybind11::arg("count"));
   m.def("kernel_isa", &dllm_masks::kernel_isa,
         "Instruction set of the kernel build this CPU runs: 'avx512' (x86-64-v4) or 'baseline' "
         "(DLLM_MASKS_CPU_ISA=baseline forces the baseline).");

@@ -5,6 +5,7 @@ The kernel is reached three ways, all tested: ``dm.priority_mask(..., backend="c
 and ``dllm_masks._C.priority_mask`` with the op's normalized arguments. The module skips when the
 extension was not built, unless ``DLLM_MASKS_REQUIRE_CPP=1`` (CI), where it must be there.
 """
+import json
 import math
 import os
 import subprocess
@@ -20,7 +21,8 @@ from hypothesis import strategies as st
 import dllm_masks as dm
 from dllm_masks import ops
 from dllm_masks.reference import priority_mask_ref
-from _cases import AWKWARD, assert_same, golden_cases, packed_case, random_cases
+from dllm_masks.rng import sequence_draws
+from _cases import AWKWARD, VECTORS, assert_same, golden_cases, packed_case, random_cases
 
 REQUIRE = os.environ.get("DLLM_MASKS_REQUIRE_CPP") == "1"
 if ops._cpp is None and not REQUIRE:
@@ -34,6 +36,25 @@ def test_extension_is_built_and_registered():
     assert C is not None, f"dllm_masks._C did not load: {ops._cpp_error}"
     assert torch._C._dispatch_has_kernel_for_dispatch_key("dllm_masks::priority_mask", "CPU")
     assert dm.available_backends()["cpp"] is None
+
+
+def test_philox_known_answers_and_counter_layout():
+    # Random123's known answers (DESIGN §4)
+    assert C.philox4x32_10(0, 0, 0, 0, 0, 0) == [0x6627E8D5, 0xE169C58D, 0xBC57AC4C, 0x9B00DBD8]
+    m = 0xFFFFFFFF
+    assert C.philox4x32_10(m, m, m, m, m, m) == [0x408F276D, 0x41C83B0E, 0xA20BC7C6, 0x6D5451FD]
+    assert C.philox4x32_10(0x243F6A88, 0x85A308D3, 0x13198A2E, 0x03707344, 0xA4093822, 0x299F31D0) == [
+        0xD16CFE09, 0x94FDCCEB, 0x5001E420, 0x24126EA1]
+    # the golden vectors' raw draws, then the rng module's per-token definition at unaligned
+    # starts, across blocks of 64 positions and at large positions
+    golden = json.loads(VECTORS.read_text())["draws"]
+    for stream in (0, 1):
+        assert C.philox_draws(42, 5, stream, 0, 10) == golden[f"seed=42 seq_key=5 stream={stream}"]
+    for seed, key, stream, start, count in [(1, 2, 0, 3, 130), (2**64 - 1, 2**63 + 7, 1, 61, 7), (7, 0, 0, 2**31 - 5, 5),
+                                            (0xDEADBEEF12345678, 2**40, 1, 1000, 1)]:
+        want = sequence_draws(torch.full((count,), key - (1 << 64) if key >= 1 << 63 else key, dtype=torch.int64),
+                              torch.arange(start, start + count), stream, seed)
+        assert C.philox_draws(seed, key, stream, start, count) == want.tolist(), (seed, key, start)
 
 
 def _check(kw, what=""):
