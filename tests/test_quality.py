@@ -188,10 +188,19 @@ def test_report_turns_a_fixture_into_a_table_and_a_plot(tmp_path):
     assert any(line.startswith("| on | 100% | 1 |") for line in text.splitlines())
     assert "| off | 100% | ∞ |" in text
     claim = next(line for line in text.splitlines() if "10% annotated: w = 2 beats w = 1" in line)
-    assert "+6.00 ± 0.58: 10.4 SE, agrees" in claim and "+0.09 ± 0.01" in claim
+    assert "+6.00 ± 0.58 (t = 10.4, n = 3): agrees" in claim and "+0.09 ± 0.01 (t = 15.6, n = 3): agrees" in claim
     assert "not run" in next(line for line in text.splitlines() if "w = 0.5 beats w = 2" in line)
     data = png.read_bytes()
     assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 20_000
+
+
+def test_verdicts_need_a_paired_t_test_not_two_standard_errors():
+    assert R.t_critical(2) == pytest.approx(4.303) and R.t_critical(100) == pytest.approx(1.96)
+    assert R._verdict(3.0, 1.0, 3, +1).endswith("no difference detected (not resolved)")  # t = 3 < 4.30
+    assert R._verdict(3.0, 1.0, 6, +1).endswith("agrees")  # t = 3 > 2.57
+    assert R._verdict(-3.0, 1.0, 6, +1).endswith("opposite sign (disagrees)")
+    assert R._verdict(0.5, 1.0, 6, 0).endswith("(consistent)") and R._verdict(9.0, 1.0, 6, 0).endswith("(disagrees)")
+    assert R._verdict(None, None, 0, +1) == "not run"
 
 
 def test_paired_difference_and_standard_error():

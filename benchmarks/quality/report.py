@@ -125,19 +125,39 @@ def _rows(groups):
     return out
 
 
-def _verdict(m, se, expect_sign: int) -> str:
-    """How a paired difference sits against what the paper says (expect_sign +1/−1; 0: 'alike')."""
+# two-sided 95% critical values of Student's t, by degrees of freedom (n seeds - 1)
+T95 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262, 10: 2.228,
+       12: 2.179, 15: 2.131, 20: 2.086, 30: 2.042}
+
+
+def t_critical(df: int) -> float:
+    """Two-sided 95% critical t for ``df`` degrees of freedom (the next smaller tabulated df; 1.96 past 30)."""
+    if df < 1:
+        raise ValueError(f"df: must be >= 1, got {df}")
+    if df > 30:
+        return 1.96
+    return T95[max(k for k in T95 if k <= df)]
+
+
+def _verdict(m, se, n: int, expect_sign: int) -> str:
+    """A paired difference against the paper's claim (expect_sign +1: 'a beats b'; 0: 'alike').
+
+    Resolved only when the paired t-test rejects zero at 5% (|t| = |m|/SE > t_crit(n - 1)); then it
+    agrees or disagrees with the claim. An 'alike' claim is never confirmed by a test that fails
+    to reject: it is reported as 'no difference detected'.
+    """
     if m is None:
         return "not run"
-    if se is None or se == 0:
+    if se is None or n < 2:
         return f"{m:+.2f} (one seed: no error bar)"
-    z = m / se
+    crit = t_critical(n - 1)
+    t = abs(m) / se if se > 0 else math.inf
+    head = f"{m:+.2f} ± {se:.2f} (t = {t:.1f}, n = {n})"
+    if t < crit:
+        return f"{head}: no difference detected" + (" (consistent)" if expect_sign == 0 else " (not resolved)")
     if expect_sign == 0:
-        return (f"{m:+.2f} ± {se:.2f}: alike within 2 SE (agrees)" if abs(z) < 2 else
-                f"{m:+.2f} ± {se:.2f}: differ by {abs(z):.1f} SE (disagrees)")
-    if abs(z) < 2:
-        return f"{m:+.2f} ± {se:.2f}: within 2 SE (not resolved)"
-    return (f"{m:+.2f} ± {se:.2f}: {abs(z):.1f} SE, " + ("agrees" if z * expect_sign > 0 else "opposite sign (disagrees)"))
+        return f"{head}: differ (disagrees)"
+    return f"{head}: " + ("agrees" if m * expect_sign > 0 else "opposite sign (disagrees)")
 
 
 def claims(groups) -> List[Tuple[str, str, str, str]]:
@@ -152,7 +172,7 @@ def claims(groups) -> List[Tuple[str, str, str, str]]:
         acc = paired(groups, a, b, "avg")
         ce = paired(groups, a, b, "ce_dense")
         ce_flip = (None if ce[0] is None else -ce[0], ce[1], ce[2])
-        out.append((text, paper, _verdict(acc[0], acc[1], sign), _verdict(ce_flip[0], ce_flip[1], sign)))
+        out.append((text, paper, _verdict(*acc, sign), _verdict(*ce_flip, sign)))
 
     for frac in ("0.1", "1"):
         both(("2", True, frac), _baseline(True), +1, f"complement, {float(frac):.0%} annotated: w = 2 beats w = 1",
@@ -221,9 +241,11 @@ def markdown(doc: dict, groups) -> str:
                  f"{_fmt(*st['ce_dense'], digits=3)} | {_fmt(*st['ce_other'], digits=3)} | "
                  f"{_fmt(dd[0], dd[1], 3) if dd else '(baseline)'} | {_fmt(do[0], do[1], 3) if do else '(baseline)'} |")
     L += ["", "## The paper's claims against these runs", "",
-          "Paired differences (mean ± SE over seeds). 'agrees' / 'disagrees' only where the difference is at "
-          "least 2 SE from zero (or, for 'alike', within 2 SE); otherwise 'not resolved'. CE dense is shown "
-          "with its sign flipped, so that positive means better on both.", "",
+          "Paired differences a − b (mean ± SE over seeds, t = |mean|/SE). A claim is called agreed or "
+          "disagreed with only where a paired t-test rejects 'no difference' at 5% (|t| above the critical "
+          "value for n − 1 degrees of freedom: 4.30 for 3 seeds); otherwise 'not resolved', and an 'alike' "
+          "claim is at most 'consistent'. CE dense is shown with its sign flipped, so that positive means "
+          "better on both.", "",
           "| claim | paper (AVG points) | ours: avg accuracy (points) | ours: −ΔCE dense (nats) |", "|---|---|---|---|"]
     for text, paper, acc, ce in claims(groups):
         L.append(f"| {text} | {paper} | {acc} | {ce} |")
@@ -231,8 +253,9 @@ def markdown(doc: dict, groups) -> str:
 
 
 def plot(groups, path: str, title: str = "") -> str:
-    """Accuracy, CE dense and CE other against w (log scale; ∞ at a marked position), lines for
-    complement on/off × annotated fraction, error bars = SE."""
+    """Against w (log scale; ∞ at a marked position), for complement on/off × annotated fraction:
+    top row, accuracy, CE dense and CE other (mean ± SE over seeds); bottom row, the same as
+    differences from w = 1 paired by seed (mean ± SE), which is what the seeds can resolve."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -240,42 +263,50 @@ def plot(groups, path: str, title: str = "") -> str:
 
     xpos = {"0.5": 0.5, "1": 1.0, "2": 2.0, "5": 5.0, "inf": 16.0}
     fracs = sorted({k[2] for k in groups if k[2] != ANY}, key=float)
-    panels = [("avg", "final-answer accuracy, avg of math and code (%)"),
-              ("ce_dense", "held-out CE on dense tokens (nats)"), ("ce_other", "held-out CE on other tokens (nats)")]
-    fig, axes = plt.subplots(1, 3, figsize=(16, 4.8))
+    panels = [("avg", "accuracy, avg of math and code (%)"),
+              ("ce_dense", "held-out CE, dense tokens (nats)"), ("ce_other", "held-out CE, other tokens (nats)")]
+    fig, axes = plt.subplots(2, 3, figsize=(16, 8.5), sharex=True)
     colors = {f: c for f, c in zip(fracs, ("tab:blue", "tab:orange", "tab:green", "tab:purple"))}
-    for ax, (metric, label) in zip(axes, panels):
-        for comp in (True, False):
-            for i, frac in enumerate(fracs):
-                xs, ys, es = [], [], []
-                for w in WEIGHT_ORDER:
-                    key = _baseline(comp) if w == "1" else (w, comp, frac)
-                    if key not in groups:
-                        continue
-                    m, se = groups[key]["stats"][metric]
-                    if m is None:
-                        continue
-                    xs.append(xpos[w] * (1 + 0.03 * (i - 0.5)))  # nudge to keep error bars apart
-                    ys.append(m)
-                    es.append(se or 0.0)
-                if xs:
-                    ax.errorbar(xs, ys, yerr=es, marker="o" if comp else "s", capsize=3,
-                                linestyle="-" if comp else "--", color=colors[frac],
-                                label=f"{'with' if comp else 'without'} complement, {float(frac):.0%} annotated")
-        ax.set_xscale("log")
-        ax.axvspan(9.0, 11.0, color="0.9", zorder=0)  # the break before ∞
-        ax.set_xticks([xpos[w] for w in WEIGHT_ORDER])
-        ax.set_xticklabels(["0.5", "1\n(uniform)", "2", "5", "∞\n(hard, exact)"])
-        ax.minorticks_off()
-        ax.set_xlim(0.4, 22)
-        ax.set_xlabel("bias weight w (log scale)")
-        ax.set_ylabel(label)
-        ax.grid(alpha=0.3)
-    axes[0].legend(fontsize=8, loc="best")
+    for col, (metric, label) in enumerate(panels):
+        for row, delta in ((0, False), (1, True)):
+            ax = axes[row][col]
+            for comp in (True, False):
+                for i, frac in enumerate(fracs):
+                    xs, ys, es = [], [], []
+                    for w in WEIGHT_ORDER:
+                        key = _baseline(comp) if w == "1" else (w, comp, frac)
+                        if key not in groups:
+                            continue
+                        if delta:
+                            m, se = (0.0, 0.0) if w == "1" else paired(groups, key, _baseline(comp), metric)[:2]
+                        else:
+                            m, se = groups[key]["stats"][metric]
+                        if m is None:
+                            continue
+                        xs.append(xpos[w] * (1 + 0.04 * (i - 0.5) + (0.02 if not comp else 0)))  # keep bars apart
+                        ys.append(m)
+                        es.append(se or 0.0)
+                    if xs:
+                        ax.errorbar(xs, ys, yerr=es, marker="o" if comp else "s", capsize=3,
+                                    linestyle="-" if comp else "--", color=colors[frac],
+                                    label=f"{'with' if comp else 'without'} complement, {float(frac):.0%} annotated")
+            if delta:
+                ax.axhline(0.0, color="0.3", linewidth=0.8)
+            ax.set_xscale("log")
+            ax.axvspan(8.5, 11.5, color="0.9", zorder=0)  # the break before ∞
+            ax.set_xticks([xpos[w] for w in WEIGHT_ORDER])
+            ax.set_xticklabels(["0.5", "1\n(uniform)", "2", "5", "∞\n(hard, exact)"])
+            ax.minorticks_off()
+            ax.set_xlim(0.4, 22)
+            ax.set_ylabel(("Δ vs w = 1, paired: " if delta else "") + label, fontsize=9)
+            ax.grid(alpha=0.3)
+            if row == 1:
+                ax.set_xlabel("bias weight w (log scale)")
+    axes[0][0].legend(fontsize=8, loc="best")
     fig.suptitle(title or "Priority masking in miniature: mean ± SE over seeds (cf. the paper's Figs. 3 and 4)")
     fig.tight_layout()
     Path(path).parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
+    fig.savefig(path, dpi=100)
     plt.close(fig)
     return path
 
