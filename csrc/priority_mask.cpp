@@ -209,9 +209,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> priority_
 
   Ctx c;
   c.T = T;
-  c.B = B;
   c.S = S;
-  c.block = block_size;
   c.cu = cu;
   c.seg_start = seg_start;
   c.seg_seq = seg_seq;

@@ -27,7 +27,7 @@ namespace detail {
 
 // Everything the parallel loop reads or writes; every index it will use was checked before.
 struct Ctx {  // plain data: no member functions, so nothing of it is compiled per ISA
-  int64_t T = 0, B = 0, S = 0, block = 0;
+  int64_t T = 0, S = 0;
   const int64_t* cu = nullptr;         // [B+1]
   const int64_t* seg_start = nullptr;  // [S+1] first token of each segment, seg_start[S] = T
   const int64_t* seg_seq = nullptr;    // [S] sequence of each segment
