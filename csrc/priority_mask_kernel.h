@@ -360,8 +360,13 @@ struct Kernel {
       r = philox_fill(PhiloxStream(c.seed, seq_key(c, q), kStreamSelect), p0, L, sc.r);
     }
     uint8_t* code = sc.code;  // bit 0 maskable, bit 1 priority
+    // Short segments (blocks of block diffusion) use one bucket: clearing 256 would cost more
+    // than selecting among their few keys.
+    const int shift = L > kChunk ? 32 - kBucketBits : 32;
+    const uint32_t nb = uint32_t(1) << (32 - shift);
     uint32_t hist[2 * kBuckets];
-    std::memset(hist, 0, sizeof(hist));
+    std::memset(hist, 0, nb * sizeof(uint32_t));
+    std::memset(hist + kBuckets, 0, nb * sizeof(uint32_t));
     int64_t n = 0, n1 = 0;
     alignas(64) uint8_t mk[kChunk], g8[kChunk];
     for (int64_t i0 = 0; i0 < L; i0 += kChunk) {
@@ -371,7 +376,7 @@ struct Kernel {
         code[i0 + i] = uint8_t(mk[i] | (g8[i] << 1));
         n += mk[i];
         n1 += g8[i];
-        hist[(uint32_t(g8[i]) << kBucketBits) | (r[i0 + i] >> (32 - kBucketBits))] += mk[i];
+        hist[(uint32_t(g8[i]) << kBucketBits) | uint32_t(uint64_t(r[i0 + i]) >> shift)] += mk[i];
       }
     }
     const Rates R = solve_segment(s, n, n1);
@@ -396,7 +401,7 @@ struct Kernel {
       uint64_t* sel[2] = {sc.sel, sc.sel + room[0]};  // room[0] + room[1] <= L + 2 slots
       int64_t m0 = 0, m1 = 0;
       for (int64_t i = 0; i < L; ++i) {  // each slot is written, kept only on a hit
-        const uint32_t t = (uint32_t(code[i]) << kBucketBits) | (r[i] >> (32 - kBucketBits));
+        const uint32_t t = (uint32_t(code[i]) << kBucketBits) | uint32_t(uint64_t(r[i]) >> shift);
         const uint64_t key = (uint64_t(r[i]) << 32) | uint64_t(i);
         sel[0][m0] = key;
         m0 += t == tag[0];
