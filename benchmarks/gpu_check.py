@@ -50,6 +50,7 @@ ROOT = HERE.parent
 sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(ROOT / "tests"))
 import common as C  # noqa: E402
+from _cases import capture_graph  # noqa: E402
 
 import dllm_masks as dm  # noqa: E402
 from dllm_masks.reference import priority_mask_ref  # noqa: E402
@@ -124,20 +125,6 @@ def _packed(lengths, block_size, seed=21):
     return packed_case(lengths, seed=seed, weight=2.0, complementary=True, loss_weight="sigma", block_size=block_size)
 
 
-def _capture(fn):
-    """(replay, outputs) of ``fn`` captured in a CUDA graph after two warm-up calls on a side stream."""
-    side = torch.cuda.Stream()
-    side.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(side):
-        for _ in range(2):
-            fn()
-    torch.cuda.current_stream().wait_stream(side)
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        out = fn()
-    return graph.replay, out
-
-
 def phase_graph(dev: str) -> dict:
     from _cases import assert_same
 
@@ -151,7 +138,7 @@ def phase_graph(dev: str) -> dict:
         d["seq_offset"] = torch.tensor(0, dtype=torch.int64, device=dev)
         fn = lambda: dm.priority_mask(**d, validate=False, backend="triton")  # noqa: E731
         if dev == "cuda":
-            replay, out = _capture(fn)
+            replay, out = capture_graph(fn)
         else:  # dry run: the same checks around an eager call
             box = {}
             replay = lambda: box.__setitem__("out", fn())  # noqa: E731
@@ -275,7 +262,7 @@ def phase_timings(dev: str, sizes, providers, budget: Budget, record: dict, save
                 elif prov == "triton":
                     fn = triton_fn
                 elif prov == "triton_graph":
-                    fn = _capture(triton_fn)[0]
+                    fn = capture_graph(triton_fn)[0]
                 elif prov == "ref":
                     fn = lambda: dm.priority_mask(**kw, backend="ref", validate=False)  # noqa: E731
                 elif prov == "compiled":

@@ -114,3 +114,17 @@ def random_cases(draw, max_len=40, max_seqs=5):
         kw["sigma"] = kw["sigma"].clone()
         kw["sigma"][: draw(st.integers(0, kw["sigma"].numel()))] = draw(st.sampled_from([0.0, 1.0]))
     return kw
+
+
+def capture_graph(fn):
+    """(replay, outputs) of ``fn`` captured in a CUDA graph after two warm-up calls on a side stream."""
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        for _ in range(2):
+            fn()
+    torch.cuda.current_stream().wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        out = fn()
+    return graph.replay, out

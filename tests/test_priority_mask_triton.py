@@ -21,7 +21,7 @@ triton = pytest.importorskip("triton")
 from hypothesis import HealthCheck, given, settings  # noqa: E402
 
 import dllm_masks as dm  # noqa: E402
-from _cases import AWKWARD, VECTORS, assert_same, golden_cases, packed_case, random_cases  # noqa: E402
+from _cases import AWKWARD, VECTORS, assert_same, capture_graph, golden_cases, packed_case, random_cases  # noqa: E402
 
 INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
 CUDA = torch.cuda.is_available()
@@ -286,20 +286,12 @@ def test_no_host_sync_with_validate_false(block_size):
 def test_cuda_graph_replay_draws_fresh_numbers(block_size):
     kw, dev = _graph_args([2048, 100, 0, 4097, 5], block_size)
     fn = lambda: dm.priority_mask(**dev, validate=False)  # noqa: E731
-    side = torch.cuda.Stream()
-    side.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(side):
-        for _ in range(2):
-            fn()
-    torch.cuda.current_stream().wait_stream(side)
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        out = fn()
+    replay, out = capture_graph(fn)
     seen = []
     for seed, off in ((5, 0), (6, 0), (_i64(2**64 - 3), 1234), (5, 7)):
         dev["seed"].fill_(seed)
         dev["seq_offset"].fill_(off)
-        graph.replay()
+        replay()
         torch.cuda.synchronize()
         ref = dm.priority_mask(**dict(kw, seed=seed, seq_offset=off), backend="ref")
         assert_same(ref, out, f"replay seed={seed} offset={off}")
