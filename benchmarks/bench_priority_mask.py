@@ -6,7 +6,9 @@ dFactory-style uniform masking trainers use today, and a copy floor measured in 
 
 Workload: sequences of 2048 tokens, prompts of 5-25 %, 25 % priority, σ ~ U[0.3, 0.8] per
 sequence, w = 2, complementary view on, labels (no loss weights unless --loss-weight).
-Reports medians of repeats (after warm-up) and ratios measured in the same run; appends the run to
+Providers are timed in interleaved rounds (every provider in turn, round after round), so load
+from other processes hits them alike; reports medians of repeats (after warm-up) and ratios
+measured in the same run; appends the run to
 ``benchmarks/results/priority_mask.json`` (machine, versions, commit) and redraws
 ``benchmarks/results/priority_mask.png``.
 """
@@ -87,26 +89,26 @@ def run(args) -> dict:
         from tqdm import tqdm
     except ImportError:  # pragma: no cover
         tqdm = None
-    jobs = [(T, s, p) for T in sizes for s in samplings for p in providers
-            if not (p in ("dfactory", "copy") and s != samplings[0])]
-    bar = tqdm(jobs, desc="bench", unit="case", file=sys.stderr) if tqdm else jobs
-    cache = {}
-    for T, sampling, provider in bar:
-        why = available(provider, "cpu")
+    for p in providers:
+        why = available(p, "cpu")
         if why:
-            skipped[provider] = why
-            continue
-        if T not in cache:
-            cache.clear()
-            cache[T] = C.workload(T, id_dtype=torch.int64)
-        kw = cache[T]
+            skipped[p] = why
+    cases = [(s, p) for s in samplings for p in providers
+             if p not in skipped and not (p in ("dfactory", "copy") and s != samplings[0])]
+    bar = tqdm(sizes, desc="bench", unit="size", file=sys.stderr) if tqdm else sizes
+    for T in bar:
+        kw = C.workload(T, id_dtype=torch.int64)
         nbytes = C.essential_bytes(kw, loss_weight=args.loss_weight is not None)
         if hasattr(bar, "set_postfix_str"):
-            bar.set_postfix_str(f"T={T} {sampling} {provider}")
-        fn = make_fn(provider, kw, sampling, args.loss_weight, nbytes)
-        times = C.time_cpu(fn, min_reps=args.min_reps, budget_s=args.budget, warmup=2)
-        rows.append({"provider": provider, "sampling": sampling if provider not in ("dfactory", "copy") else None,
-                     "T": kw["input_ids"].numel(), **C.summarize(times), **nbytes})
+            bar.set_postfix_str(f"T={T}: warm-up and compile")
+        fns = {(s, p): make_fn(p, kw, s, args.loss_weight, nbytes) for s, p in cases}
+        if hasattr(bar, "set_postfix_str"):
+            bar.set_postfix_str(f"T={T}: {len(fns)} cases, interleaved")
+        times = C.time_interleaved(fns, min_reps=args.min_reps, budget_s=args.budget)
+        for (sampling, provider), t in times.items():
+            rows.append({"provider": provider, "sampling": sampling if provider not in ("dfactory", "copy") else None,
+                         "T": kw["input_ids"].numel(), **C.summarize(t), **nbytes})
+        del fns, kw
     # ratios within this run
     for r in rows:
         same = [x for x in rows if x["T"] == r["T"]]

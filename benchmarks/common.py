@@ -84,6 +84,39 @@ def time_cpu(fn: Callable[[], object], *, min_reps: int = 5, max_reps: int = 200
     return times
 
 
+def time_interleaved(fns: Dict[str, Callable[[], object]], *, min_reps: int = 5, budget_s: float = 3.0,
+                     warmup: int = 2, slice_s: float = 0.05, max_reps: int = 2000) -> Dict[str, List[float]]:
+    """Wall times of several functions measured in interleaved rounds.
+
+    Each round times every function in turn (a fast one several times, up to about ``slice_s``), so a
+    burst of load from other processes hits every provider alike and the ratios between them stay
+    meaningful on a shared machine. Rounds continue until every function has ``min_reps`` samples and
+    ``budget_s`` per function has been spent.
+    """
+    est = {}
+    for name, fn in fns.items():
+        for _ in range(warmup):
+            t0 = time.perf_counter()
+            fn()
+            est[name] = time.perf_counter() - t0
+    times: Dict[str, List[float]] = {name: [] for name in fns}
+    start = time.perf_counter()
+    deadline = budget_s * len(fns)
+    while True:
+        for name, fn in fns.items():
+            if len(times[name]) >= max_reps:
+                continue
+            for _ in range(max(1, min(50, int(slice_s / max(est[name], 1e-6))))):
+                t0 = time.perf_counter()
+                fn()
+                times[name].append(time.perf_counter() - t0)
+        if all(len(t) >= min_reps for t in times.values()) and time.perf_counter() - start >= deadline:
+            break
+        if all(len(t) >= max_reps for t in times.values()):
+            break
+    return times
+
+
 def summarize(times: List[float]) -> dict:
     q = statistics.quantiles(times, n=5) if len(times) >= 2 else [times[0]] * 4
     return {"median_ms": 1e3 * statistics.median(times), "p20_ms": 1e3 * q[0], "p80_ms": 1e3 * q[-1],
