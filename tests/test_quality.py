@@ -190,6 +190,11 @@ def test_report_turns_a_fixture_into_a_table_and_a_plot(tmp_path):
     claim = next(line for line in text.splitlines() if "10% annotated: w = 2 beats w = 1" in line)
     assert "+6.00 ± 0.58 (t = 10.4, n = 3): agrees" in claim and "+0.09 ± 0.01 (t = 15.6, n = 3): agrees" in claim
     assert "not run" in next(line for line in text.splitlines() if "w = 0.5 beats w = 2" in line)
+    # the resolved differences: w=2 vs w=1 on accuracy and CE dense; nothing where the values are equal
+    tail = text.split("## Every difference a paired t-test resolves", 1)[1]
+    assert "All 3 paired comparisons" in tail and "2 pass" in tail
+    assert "| w = 2, with complement, 10% annotated | w = 1, with complement, any fraction | avg % | +6.0 ± 0.6 |" in tail
+    assert "CE dense (nats) | -0.090 ± 0.006 | 15.6 (3) | better |" in tail
     data = png.read_bytes()
     assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 20_000
 
@@ -201,6 +206,7 @@ def test_verdicts_need_a_paired_t_test_not_two_standard_errors():
     assert R._verdict(-3.0, 1.0, 6, +1).endswith("opposite sign (disagrees)")
     assert R._verdict(0.5, 1.0, 6, 0).endswith("(consistent)") and R._verdict(9.0, 1.0, 6, 0).endswith("(disagrees)")
     assert R._verdict(None, None, 0, +1) == "not run"
+    assert R._verdict(0.0, 0.0, 3, +1).endswith("(not resolved)")  # equal values: no evidence either way
 
 
 def test_paired_difference_and_standard_error():

@@ -31,7 +31,7 @@ from dllm_masks.extract.auto import selected
 
 from . import task as T
 
-__all__ = ["SIZES", "Size", "cell_key", "weight_name", "train_records", "train_config", "run_cell", "measure_ce",
+__all__ = ["SIZES", "Size", "cell_key", "weight_name", "task_stats", "train_records", "train_config", "run_cell", "measure_ce",
            "EVAL_SEED", "SIGMA_GRID"]
 
 EVAL_SEED = 0x0A11CE  # masks of the cross-entropy metric: one fixed draw for every cell
@@ -96,6 +96,28 @@ SIZES: Dict[str, Size] = {
                  lr=1e-3, warmup_steps=100, seeds=(0, 1, 2, 3, 4), threads=0,
                  task=T.TaskConfig(max_operand=19, max_factor=9)),
 }
+
+
+def task_stats(size: Size) -> dict:
+    """Per domain of the training problems: count and ρ, the mean share of dense answer tokens
+    (with the size's tokenizer; a token is dense when it overlaps a span) and of dense characters."""
+    from dllm_masks.data.tokenize import load_tokenizer
+    from dllm_masks.extract.align import priority_bits
+
+    tok = load_tokenizer(size.tokenizer)
+    train, _ = T.make_split(size.n_train, size.n_eval, 0, size.task)
+    out = {}
+    for dom in ("math", "code"):
+        probs = [p for p in train if p.domain == dom]
+        rho_t, rho_c = [], []
+        for p in probs:
+            _, offs = tok.encode(p.answer)
+            bits = priority_bits(offs, p.spans)
+            rho_t.append(sum(bool(b) for b in bits) / max(1, len(bits)))
+            rho_c.append(sum(b - a for a, b in p.spans) / len(p.answer))
+        out[dom] = {"n": len(probs), "rho_tokens": round(sum(rho_t) / max(1, len(probs)), 4),
+                    "rho_chars": round(sum(rho_c) / max(1, len(probs)), 4)}
+    return out
 
 
 def weight_name(w: float) -> str:

@@ -185,6 +185,10 @@ def main(argv: Optional[List[str]] = None) -> int:
                         "n_train": size.n_train, "n_eval": size.n_eval},
                "metrics": {"sigma_grid": list(C.SIGMA_GRID), "eval_seed": C.EVAL_SEED},
                "runs": [], "cells": []}
+    if "task_stats" not in doc:  # density of the spans, as the paper reports ρ
+        doc["task_stats"] = C.task_stats(size)
+        if out.exists():
+            _write(out, doc)
     done = {c["key"] for c in doc["cells"]}
     todo = [c for c in grid_cells(size.seeds, weights, fractions, comps) if c["key"] not in done]
     if args.max_cells is not None:
