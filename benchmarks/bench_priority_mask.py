@@ -98,6 +98,7 @@ def run(args) -> dict:
     bar = tqdm(sizes, desc="bench", unit="size", file=sys.stderr) if tqdm else sizes
     for T in bar:
         kw = C.workload(T, id_dtype=torch.int64)
+        torch._dynamo.reset()  # one compile per (size, sampling): stay under dynamo's recompile limit
         nbytes = C.essential_bytes(kw, loss_weight=args.loss_weight is not None)
         if hasattr(bar, "set_postfix_str"):
             bar.set_postfix_str(f"T={T}: warm-up and compile")

@@ -16,6 +16,7 @@
 #include <c10/util/Exception.h>
 
 #include <cstdlib>
+#include <cstring>
 
 #if defined(__linux__)
 #include <sys/mman.h>
@@ -56,6 +57,14 @@ void advise_huge_pages(const at::Tensor& x) {
 #else
   (void)x;
 #endif
+}
+
+// DLLM_MASKS_CPU_HUGEPAGES=0 drops the hint: where memory is fragmented (after a large model step
+// freed and re-mapped gigabytes) and THP defrag is "madvise", each huge-page fault may compact
+// memory first, which can cost more than the 4 KiB faults it saves (see the README's CPU section).
+bool huge_pages_enabled() {
+  const char* v = std::getenv("DLLM_MASKS_CPU_HUGEPAGES");
+  return v == nullptr || std::strcmp(v, "0") != 0;
 }
 
 bool is_int_dtype(at::ScalarType t) {
@@ -205,7 +214,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> priority_
   at::Tensor labels = at::empty({V * T}, ids.options().dtype(at::kLong));
   at::Tensor lw = at::empty({loss_weight_mode ? V * T : 0}, ids.options().dtype(at::kFloat));
   at::Tensor rates = at::empty({S, 2}, ids.options().dtype(at::kDouble));
-  for (const at::Tensor* x : {&noisy, &masked, &labels, &lw}) advise_huge_pages(*x);
+  if (huge_pages_enabled()) for (const at::Tensor* x : {&noisy, &masked, &labels, &lw}) advise_huge_pages(*x);
 
   Ctx c;
   c.T = T;
