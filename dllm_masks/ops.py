@@ -388,12 +388,12 @@ def priority_mask(
         sampling == "exact", complementary, LOSS_WEIGHT_MODES[loss_weight], mask_token_id,
     )
     nv = 2 if complementary else 1
+    lw = lw if loss_weight is not None else None
     if padded:
         shape = (nv * B, tok_shape[1])
         noisy, masked, labels = noisy.reshape(shape), masked.reshape(shape), labels.reshape(shape)
-        lw = lw.reshape(shape) if loss_weight is not None else None
+        lw = lw.reshape(shape) if lw is not None else None
         cu_out = torch.arange(nv * B + 1, device=dev, dtype=torch.int32) * tok_shape[1]
     else:
-        lw = lw if loss_weight is not None else None
         cu_out = torch.cat([cu, cu[1:] + T]) if complementary else cu
     return MaskedBatch(noisy, labels, masked, lw, cu_out, rates, sig.expand(S))

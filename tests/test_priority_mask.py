@@ -157,7 +157,7 @@ def test_invariants(kw):
             s = out.sigma.double()[seg]
             want = [1.0 / s, 1.0 / (1.0 - s)]
         else:
-            q = out.rates[seg, kw["priority"][: T].long() & mk.long()] if T else torch.zeros(0, dtype=torch.float64)
+            q = out.rates[seg, (kw["priority"] & mk).long()] if T else torch.zeros(0, dtype=torch.float64)
             want = [1.0 / q, 1.0 / (1.0 - q)]
         for v, m in enumerate(mv):
             assert torch.equal(lw[v * T:(v + 1) * T][m], want[v][m].float())
@@ -226,9 +226,7 @@ def test_sample_ids_make_masks_independent_of_packing(lengths, perm_seed, sampli
 
     def run(order):
         cu = torch.tensor([0] + [lengths[i] for i in order]).cumsum(0).to(torch.int32)
-        sigma = torch.cat([sig[i] for i in order]) if not block else torch.cat([sig[i] for i in order])
-        if not block:
-            sigma = torch.stack([sig[i][0] for i in order])
+        sigma = torch.cat([sig[i] for i in order]) if block else torch.stack([sig[i][0] for i in order])
         out = ref(input_ids=torch.cat([seqs[i] for i in order]), sigma=sigma, cu_seqlens=cu,
                   priority=torch.cat([prios[i] for i in order]), weight=2.0, mask_token_id=0, seed=9,
                   sample_ids=sids[list(order)], sampling=sampling, block_size=block, seq_offset=perm_seed)
