@@ -61,6 +61,8 @@ setup(
         "dllm_masks.extract",
         "dllm_masks.data",
         "dllm_masks.train",
+        "dllm_masks.eval",
+        "dllm_masks.cli",
         "dllm_masks.triton_kernels",
     ],
     package_dir={"dllm_masks.triton_kernels": "triton_kernels"},

@@ -48,9 +48,8 @@ import torch  # noqa: E402
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 sys.path.insert(0, str(HERE))
-sys.path.insert(0, str(ROOT / "tests"))
 import common as C  # noqa: E402
-from _cases import capture_graph  # noqa: E402
+from dllm_masks.testing import capture_graph  # noqa: E402
 
 import dllm_masks as dm  # noqa: E402
 from dllm_masks.reference import priority_mask_ref  # noqa: E402
@@ -120,13 +119,13 @@ def phase_env(dev: str, out: Path) -> dict:
 # Phase 2: CUDA graph capture and replay with the rng tensor updated between replays
 # ---------------------------------------------------------------------------------------------
 def _packed(lengths, block_size, seed=21):
-    from _cases import packed_case
+    from dllm_masks.testing import packed_case
 
     return packed_case(lengths, seed=seed, weight=2.0, complementary=True, loss_weight="sigma", block_size=block_size)
 
 
 def phase_graph(dev: str) -> dict:
-    from _cases import assert_same
+    from dllm_masks.testing import assert_same
 
     res = {}
     lengths = ([2048] * 24 if dev == "cuda" else [300]) + [4097, 100, 0, 5, 31]
@@ -216,7 +215,7 @@ def _timer(dev: str):
 
 def phase_timings(dev: str, sizes, providers, budget: Budget, record: dict, save) -> list:
     from bench_priority_mask import op_args
-    from _cases import assert_same
+    from dllm_masks.testing import assert_same
 
     bench = _timer(dev)
     rows = record.setdefault("results", [])

@@ -2,8 +2,9 @@
 
 Layers (each with one job):
 
-* :func:`priority_mask` (public) checks and normalizes arguments, picks a backend and shapes the
-  result into a :class:`MaskedBatch`;
+* :func:`priority_mask` (public) = :func:`normalize` (check the arguments, put them in the op's
+  terms as :class:`OpArgs`) → :func:`kernel_for` (pick a backend) → :func:`wrap` (shape the
+  outputs into a :class:`MaskedBatch`);
 * ``torch.ops.dllm_masks.priority_mask`` is the op the dispatcher routes: CPU → C++
   (``dllm_masks._C``, registered with ``TORCH_LIBRARY_IMPL``), CUDA → Triton
   (``dllm_masks.triton_kernels``), anything else or a missing backend → the reference;
@@ -11,6 +12,7 @@ Layers (each with one job):
 """
 from __future__ import annotations
 
+import functools
 import importlib.util
 import logging
 import math
@@ -22,7 +24,8 @@ import torch
 from . import validation as V
 from .reference import LOSS_WEIGHT_MODES, priority_mask_ref
 
-__all__ = ["priority_mask", "MaskedBatch", "num_segments", "available_backends"]
+__all__ = ["priority_mask", "MaskedBatch", "num_segments", "available_backends", "normalize", "wrap", "kernel_for",
+           "OpArgs", "Normalized"]
 
 log = logging.getLogger("dllm_masks")
 
@@ -97,10 +100,17 @@ def available_backends() -> dict:
 
 
 BACKENDS = ("ref", "cpp", "triton")
-_announced = set()
 
 
-def _kernel_for(backend: Optional[str], device: torch.device):
+@functools.lru_cache(maxsize=None)
+def _announce(served: str, device_type: str) -> None:
+    """Log once per (backend, device type) which implementation serves."""
+    log.debug("dllm_masks: priority_mask on %s served by %s", device_type, served)
+
+
+def kernel_for(backend: Optional[str], device: torch.device):
+    """The callable that serves the op for ``backend`` (None: the dispatcher, or
+    ``DLLM_MASKS_BACKEND``) on ``device``; it takes :class:`OpArgs` positionally."""
     if backend is None:
         backend = os.environ.get("DLLM_MASKS_BACKEND") or None
         name = "DLLM_MASKS_BACKEND"
@@ -128,9 +138,8 @@ def _kernel_for(backend: Optional[str], device: torch.device):
             if device.type == "cpu" and os.environ.get("TRITON_INTERPRET") != "1":
                 raise ValueError(f"{name}: 'triton' on CPU tensors needs TRITON_INTERPRET=1 set before import")
             fn = _triton.priority_mask_triton
-    if (served, device.type) not in _announced and not torch.compiler.is_compiling():
-        _announced.add((served, device.type))
-        log.debug("dllm_masks: priority_mask on %s served by %s", device.type, served)
+    if not torch.compiler.is_compiling():
+        _announce(served, device.type)
     return fn
 
 
@@ -210,6 +219,174 @@ def _flat(name: str, x, shape, device, dtypes) -> torch.Tensor:
     V.check_tensor(name, x, dtypes=dtypes, device=device)
     V.check_shape(name, x, shape)
     return x.reshape(-1)
+
+
+class OpArgs(NamedTuple):
+    """The positional arguments of ``torch.ops.dllm_masks.priority_mask`` (in schema order), as
+    :func:`normalize` makes them from the public call: flat tensors, int32 offsets, float32 σ,
+    the (seed, seq_offset) pair as an int64 [2] tensor, and mode numbers."""
+
+    input_ids: torch.Tensor
+    cu_seqlens: torch.Tensor
+    sigma: torch.Tensor
+    priority: Optional[torch.Tensor]
+    maskable: Optional[torch.Tensor]
+    prompt_lens: Optional[torch.Tensor]
+    sample_ids: Optional[torch.Tensor]
+    rng: torch.Tensor
+    weight: float
+    block_size: int
+    num_segments: int
+    exact: bool
+    complementary: bool
+    loss_weight_mode: int
+    mask_token_id: int
+
+
+class Normalized(NamedTuple):
+    """A public call in the op's terms: ``args`` for the kernel, and the input's layout for
+    :func:`wrap` (``padded``: a [B, L] input; ``length``: L padded, T packed)."""
+
+    args: OpArgs
+    padded: bool
+    batch: int
+    length: int
+
+
+def _layout(input_ids: torch.Tensor, cu_seqlens):
+    """(padded, B, L or T, int32 offsets) of the input."""
+    dev = input_ids.device
+    if input_ids.dim() == 2:
+        if cu_seqlens is not None:
+            raise ValueError("cu_seqlens: must be None for a padded [B, L] input_ids (use maskable for padding)")
+        B, L = input_ids.shape
+        return True, B, L, torch.arange(B + 1, device=dev, dtype=torch.int32) * L
+    T = input_ids.numel()
+    if cu_seqlens is None:
+        return False, 1, T, torch.tensor([0, T], device=dev, dtype=torch.int32)
+    V.check_tensor("cu_seqlens", cu_seqlens, dtypes=(torch.int32, torch.int64), ndim=1, device=dev)
+    if cu_seqlens.numel() < 1:
+        raise ValueError("cu_seqlens: must have at least one element (B+1 offsets)")
+    if cu_seqlens.dtype == torch.int64 and T >= 2**31:
+        raise ValueError("input_ids: more than 2^31 - 1 tokens are not supported")
+    return False, cu_seqlens.numel() - 1, T, cu_seqlens.to(torch.int32)
+
+
+def _rng_pair(seed, seq_offset, dev) -> torch.Tensor:
+    """int64 [2]: (seed, seq_offset) as uint64 bits, on the input's device."""
+    seed_v, off_v = _as_i64("seed", seed), _as_i64("seq_offset", seq_offset)
+    if not (isinstance(seed_v, torch.Tensor) or isinstance(off_v, torch.Tensor)):
+        return torch.tensor([seed_v, off_v], dtype=torch.int64, device=dev)
+    for name, x in (("seed", seed_v), ("seq_offset", off_v)):
+        if isinstance(x, torch.Tensor) and x.device != dev:
+            raise ValueError(f"{name}: is on {x.device} but input_ids is on {dev}; all tensors must share a device")
+    return torch.stack([torch.as_tensor(seed_v, dtype=torch.int64, device=dev),
+                        torch.as_tensor(off_v, dtype=torch.int64, device=dev)])
+
+
+def _sigma_tensor(sigma, dev) -> torch.Tensor:
+    """float32 [1] or [S] σ on the input's device (range checked here for a Python float)."""
+    if isinstance(sigma, torch.Tensor):
+        V.check_tensor("sigma", sigma, dtypes=(torch.float16, torch.bfloat16, torch.float32, torch.float64),
+                       ndim=(0, 1), device=dev)
+        return sigma.detach().reshape(-1).to(torch.float32)
+    if isinstance(sigma, bool) or not isinstance(sigma, (int, float)):
+        raise TypeError(f"sigma: expected a float or a floating tensor, got {type(sigma).__name__}")
+    if math.isnan(sigma) or not 0.0 <= sigma <= 1.0:
+        raise ValueError(f"sigma: must lie in [0, 1], got {sigma}")
+    return torch.full((1,), float(sigma), dtype=torch.float32, device=dev)
+
+
+def normalize(
+    input_ids: torch.Tensor,
+    sigma: Union[float, torch.Tensor],
+    *,
+    mask_token_id: int,
+    cu_seqlens: Optional[torch.Tensor] = None,
+    prompt_lens: Optional[torch.Tensor] = None,
+    maskable: Optional[torch.Tensor] = None,
+    priority: Optional[torch.Tensor] = None,
+    weight: float = 1.0,
+    sampling: str = "bernoulli",
+    complementary: bool = False,
+    block_size: Optional[int] = None,
+    seed: Union[int, torch.Tensor] = 0,
+    seq_offset: Union[int, torch.Tensor] = 0,
+    sample_ids: Optional[torch.Tensor] = None,
+    loss_weight: Optional[str] = None,
+    validate: bool = True,
+) -> Normalized:
+    """Check the arguments of :func:`priority_mask` and put them in the op's terms.
+
+    Takes the same keyword arguments as :func:`priority_mask` (less ``backend``); raises the same
+    ``TypeError``/``ValueError`` naming the argument. Reads tensor data on the host only with
+    ``validate=True`` (and for a single σ in per-block mode, to count segments).
+    """
+    V.check_tensor("input_ids", input_ids, dtypes=V.ID_DTYPES, ndim=(1, 2))
+    dev = input_ids.device
+    padded, B, L, cu = _layout(input_ids, cu_seqlens)
+    T = input_ids.numel()
+    tok_shape = (B, L) if padded else (T,)
+
+    if maskable is not None and prompt_lens is not None:
+        raise ValueError("maskable: give either maskable or prompt_lens, not both")
+    if maskable is not None:
+        maskable = _flat("maskable", maskable, tok_shape, dev, (torch.bool,) + V.INT_DTYPES).to(torch.bool)
+    if priority is not None:
+        priority = _flat("priority", priority, tok_shape, dev, (torch.bool,) + V.INT_DTYPES)
+        if priority.dtype not in (torch.bool, torch.uint8):
+            priority = priority != 0
+    if prompt_lens is not None:
+        prompt_lens = _flat("prompt_lens", prompt_lens, (B,), dev, V.INT_DTYPES).to(torch.int64)
+    if sample_ids is not None:
+        sample_ids = _flat("sample_ids", sample_ids, (B,), dev, V.INT_DTYPES).to(torch.int64)
+
+    w = V.check_weight(weight)
+    V.check_choice("sampling", sampling, ("bernoulli", "exact"))
+    V.check_choice("loss_weight", loss_weight, tuple(LOSS_WEIGHT_MODES))
+    if not isinstance(complementary, bool):
+        raise TypeError(f"complementary: expected a bool, got {type(complementary).__name__}")
+    K = 0 if block_size is None else V.check_int("block_size", block_size, low=1)
+    info = torch.iinfo(input_ids.dtype)
+    mask_token_id = V.check_int("mask_token_id", mask_token_id, low=info.min, high=info.max)
+    rng = _rng_pair(seed, seq_offset, dev)
+    sig = _sigma_tensor(sigma, dev)
+
+    if K == 0:
+        S = B
+    elif sig.numel() > 1 and not validate:
+        S = sig.numel()
+    else:
+        S = num_segments(cu, K)
+    if sig.numel() not in (1, S):
+        raise ValueError(f"sigma: expected 1 or {S} values (one per segment), got {sig.numel()}")
+    if validate:
+        V.check_cu_seqlens(cu, T)
+        V.check_sigma_values(sig)
+        if prompt_lens is not None:
+            V.check_prompt_lens(prompt_lens, cu)
+
+    args = OpArgs(input_ids.reshape(-1), cu, sig, priority, maskable, prompt_lens, sample_ids, rng, w, K, S,
+                  sampling == "exact", complementary, LOSS_WEIGHT_MODES[loss_weight], mask_token_id)
+    return Normalized(args, padded, B, L)
+
+
+def wrap(outputs, call: Normalized) -> MaskedBatch:
+    """Shape the op's flat outputs ``(noisy, masked, labels, loss_weight, rates)`` into a
+    :class:`MaskedBatch` for the call's layout (view-major [V·B, L] rows, or [V·T] packed)."""
+    noisy, masked, labels, lw, rates = outputs
+    a = call.args
+    nv = 2 if a.complementary else 1
+    lw = lw if a.loss_weight_mode != LOSS_WEIGHT_MODES[None] else None
+    if call.padded:
+        shape = (nv * call.batch, call.length)
+        noisy, masked, labels = noisy.reshape(shape), masked.reshape(shape), labels.reshape(shape)
+        lw = lw.reshape(shape) if lw is not None else None
+        cu_out = torch.arange(nv * call.batch + 1, device=noisy.device, dtype=torch.int32) * call.length
+    else:
+        cu = a.cu_seqlens
+        cu_out = torch.cat([cu, cu[1:] + call.length]) if a.complementary else cu
+    return MaskedBatch(noisy, labels, masked, lw, cu_out, rates, a.sigma.expand(a.num_segments))
 
 
 def priority_mask(
@@ -299,101 +476,9 @@ def priority_mask(
     >>> out.noisy_ids.shape, out.rates.shape
     (torch.Size([20]), torch.Size([2, 2]))
     """
-    V.check_tensor("input_ids", input_ids, dtypes=V.ID_DTYPES, ndim=(1, 2))
-    dev = input_ids.device
-    padded = input_ids.dim() == 2
-    if padded:
-        if cu_seqlens is not None:
-            raise ValueError("cu_seqlens: must be None for a padded [B, L] input_ids (use maskable for padding)")
-        B, L = input_ids.shape
-        T = B * L
-        cu = torch.arange(B + 1, device=dev, dtype=torch.int32) * L
-        tok_shape = (B, L)
-    else:
-        T = input_ids.numel()
-        if cu_seqlens is None:
-            cu = torch.tensor([0, T], device=dev, dtype=torch.int32)
-        else:
-            V.check_tensor("cu_seqlens", cu_seqlens, dtypes=(torch.int32, torch.int64), ndim=1, device=dev)
-            if cu_seqlens.numel() < 1:
-                raise ValueError("cu_seqlens: must have at least one element (B+1 offsets)")
-            if cu_seqlens.dtype == torch.int64 and T >= 2**31:
-                raise ValueError("input_ids: more than 2^31 - 1 tokens are not supported")
-            cu = cu_seqlens.to(torch.int32)
-        B = cu.numel() - 1
-        tok_shape = (T,)
-    ids = input_ids.reshape(-1)
-
-    if maskable is not None and prompt_lens is not None:
-        raise ValueError("maskable: give either maskable or prompt_lens, not both")
-    if maskable is not None:
-        maskable = _flat("maskable", maskable, tok_shape, dev, (torch.bool,) + V.INT_DTYPES).to(torch.bool)
-    if priority is not None:
-        priority = _flat("priority", priority, tok_shape, dev, (torch.bool,) + V.INT_DTYPES)
-        if priority.dtype not in (torch.bool, torch.uint8):
-            priority = priority != 0
-    if prompt_lens is not None:
-        prompt_lens = _flat("prompt_lens", prompt_lens, (B,), dev, V.INT_DTYPES).to(torch.int64)
-    if sample_ids is not None:
-        sample_ids = _flat("sample_ids", sample_ids, (B,), dev, V.INT_DTYPES).to(torch.int64)
-
-    w = V.check_weight(weight)
-    V.check_choice("sampling", sampling, ("bernoulli", "exact"))
-    V.check_choice("loss_weight", loss_weight, tuple(LOSS_WEIGHT_MODES))
-    if not isinstance(complementary, bool):
-        raise TypeError(f"complementary: expected a bool, got {type(complementary).__name__}")
-    K = 0 if block_size is None else V.check_int("block_size", block_size, low=1)
-    info = torch.iinfo(input_ids.dtype)
-    mask_token_id = V.check_int("mask_token_id", mask_token_id, low=info.min, high=info.max)
-
-    seed_v, off_v = _as_i64("seed", seed), _as_i64("seq_offset", seq_offset)
-    if isinstance(seed_v, torch.Tensor) or isinstance(off_v, torch.Tensor):
-        for name, x in (("seed", seed_v), ("seq_offset", off_v)):
-            if isinstance(x, torch.Tensor) and x.device != dev:
-                raise ValueError(f"{name}: is on {x.device} but input_ids is on {dev}; all tensors must share a device")
-        rng = torch.stack([torch.as_tensor(seed_v, dtype=torch.int64, device=dev),
-                           torch.as_tensor(off_v, dtype=torch.int64, device=dev)])
-    else:
-        rng = torch.tensor([seed_v, off_v], dtype=torch.int64, device=dev)
-
-    if isinstance(sigma, torch.Tensor):
-        V.check_tensor("sigma", sigma, dtypes=(torch.float16, torch.bfloat16, torch.float32, torch.float64),
-                       ndim=(0, 1), device=dev)
-        sig = sigma.detach().reshape(-1).to(torch.float32)
-    else:
-        if isinstance(sigma, bool) or not isinstance(sigma, (int, float)):
-            raise TypeError(f"sigma: expected a float or a floating tensor, got {type(sigma).__name__}")
-        if math.isnan(sigma) or not 0.0 <= sigma <= 1.0:
-            raise ValueError(f"sigma: must lie in [0, 1], got {sigma}")
-        sig = torch.full((1,), float(sigma), dtype=torch.float32, device=dev)
-
-    if K == 0:
-        S = B
-    elif sig.numel() > 1 and not validate:
-        S = sig.numel()
-    else:
-        S = num_segments(cu, K)
-    if sig.numel() not in (1, S):
-        raise ValueError(f"sigma: expected 1 or {S} values (one per segment), got {sig.numel()}")
-
-    if validate:
-        V.check_cu_seqlens(cu, T)
-        V.check_sigma_values(sig)
-        if prompt_lens is not None:
-            V.check_prompt_lens(prompt_lens, cu)
-
-    fn = _kernel_for(backend, dev)
-    noisy, masked, labels, lw, rates = fn(
-        ids, cu, sig, priority, maskable, prompt_lens, sample_ids, rng, w, K, S,
-        sampling == "exact", complementary, LOSS_WEIGHT_MODES[loss_weight], mask_token_id,
-    )
-    nv = 2 if complementary else 1
-    lw = lw if loss_weight is not None else None
-    if padded:
-        shape = (nv * B, tok_shape[1])
-        noisy, masked, labels = noisy.reshape(shape), masked.reshape(shape), labels.reshape(shape)
-        lw = lw.reshape(shape) if lw is not None else None
-        cu_out = torch.arange(nv * B + 1, device=dev, dtype=torch.int32) * tok_shape[1]
-    else:
-        cu_out = torch.cat([cu, cu[1:] + T]) if complementary else cu
-    return MaskedBatch(noisy, labels, masked, lw, cu_out, rates, sig.expand(S))
+    call = normalize(input_ids, sigma, mask_token_id=mask_token_id, cu_seqlens=cu_seqlens, prompt_lens=prompt_lens,
+                     maskable=maskable, priority=priority, weight=weight, sampling=sampling,
+                     complementary=complementary, block_size=block_size, seed=seed, seq_offset=seq_offset,
+                     sample_ids=sample_ids, loss_weight=loss_weight, validate=validate)
+    kernel = kernel_for(backend, input_ids.device)
+    return wrap(kernel(*call.args), call)

@@ -9,7 +9,7 @@ from typing import Tuple, Union
 
 import torch
 
-__all__ = ["philox4x32", "split_seed", "sequence_draws", "STREAM_BERNOULLI", "STREAM_SELECT"]
+__all__ = ["philox4x32", "split_seed", "sequence_draws", "STREAM_BERNOULLI", "STREAM_SELECT", "STREAM_SIGMA"]
 
 PHILOX_M0 = 0xD2511F53  # A: multiplies c0
 PHILOX_M1 = 0xCD9E8D57  # B: multiplies c2
@@ -18,6 +18,7 @@ PHILOX_W1 = 0xBB67AE85
 MASK32 = 0xFFFFFFFF
 STREAM_BERNOULLI = 0
 STREAM_SELECT = 1
+STREAM_SIGMA = 2  # keyed σ draws of training (dllm_masks.schedules.keyed_sigma)
 
 IntOrTensor = Union[int, torch.Tensor]
 

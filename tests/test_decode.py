@@ -8,7 +8,7 @@ import torch
 
 import _sft  # noqa: F401  (one thread)
 from dllm_masks.blockdiff import BlockDiffAttention, decode_layout, training_layout
-from dllm_masks.train.decode import answer_ids, generate, transfer_schedule
+from dllm_masks.eval.decode import answer_ids, generate, transfer_schedule
 from dllm_masks.train.model import DiffusionLM, ModelConfig
 
 MASK, EOS, VOCAB = 1, 2, 50

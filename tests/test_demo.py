@@ -10,7 +10,7 @@ import pytest
 
 import _sft  # noqa: F401  (one thread)
 from dllm_masks.cli import main
-from dllm_masks.demo import DEMO_CONFIG
+from dllm_masks.cli.demo import DEMO_CONFIG
 from dllm_masks.train.config import TrainConfig, load_config
 
 REPO = Path(__file__).resolve().parents[1]

@@ -15,8 +15,8 @@ import time
 
 import pytest
 
-from dllm_masks.train import sandbox
-from dllm_masks.train.evaluate import (
+from dllm_masks.eval import sandbox
+from dllm_masks.eval.scoring import (
     CodeEvalReport, evaluate_code, extract_answer, isolation_details, math_accuracy, normalize_answer,
     pass_at_k, run_program, score_math,
 )

@@ -5,7 +5,7 @@ import time
 import pytest
 
 from dllm_masks.extract import LLMExtractor, align_quotes
-from dllm_masks.extract.gsm8k_synth import generate
+from dllm_masks.data.gsm8k_synth import generate
 from dllm_masks.extract.llm import PROMPT_VERSION, JsonlCache, _retry_after, build_messages, parse_quotes
 from dllm_masks.data.bundled import humaneval_samples
 

@@ -7,7 +7,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from dllm_masks.extract import align, math_spans
-from dllm_masks.extract.gsm8k_synth import TEMPLATES, evaluate, generate
+from dllm_masks.data.gsm8k_synth import TEMPLATES, evaluate, generate
 from dllm_masks.extract.math import RULES, detect_format
 
 from _extract_helpers import deepseek_tokenizer  # noqa: F401 (fixture)

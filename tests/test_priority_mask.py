@@ -12,7 +12,7 @@ from hypothesis import given, settings, strategies as st
 
 import dllm_masks as dm
 from dllm_masks.rates import _solve, exact_counts
-from _cases import AWKWARD, assert_same, golden_cases, packed_case, random_cases
+from dllm_masks.testing import AWKWARD, assert_same, golden_cases, packed_case, random_cases
 
 BACKENDS = ["ref", None, "cpp", "triton"]  # None: the dispatcher's choice
 
@@ -449,7 +449,7 @@ def test_opcheck(args):
 
 def test_torch_compile_fullgraph_two_shapes():
     torch._dynamo.reset()
-    dm.ops._announced.clear()  # the first call of a backend logs: that must not break the graph
+    dm.ops._announce.cache_clear()  # the first call of a backend logs: that must not break the graph
 
     def step(ids, cu, prio, sigma, seed):
         out = dm.priority_mask(ids, sigma, cu_seqlens=cu, priority=prio, weight=2.0, complementary=True,

@@ -22,7 +22,7 @@ import dllm_masks as dm
 from dllm_masks import ops
 from dllm_masks.reference import priority_mask_ref
 from dllm_masks.rng import sequence_draws
-from _cases import AWKWARD, VECTORS, assert_same, golden_cases, packed_case, random_cases
+from dllm_masks.testing import PHILOX_KNOWN_ANSWERS, AWKWARD, VECTORS, assert_same, golden_cases, packed_case, random_cases
 
 REQUIRE = os.environ.get("DLLM_MASKS_REQUIRE_CPP") == "1"
 if ops._cpp is None and not REQUIRE:
@@ -39,12 +39,8 @@ def test_extension_is_built_and_registered():
 
 
 def test_philox_known_answers_and_counter_layout():
-    # Random123's known answers (DESIGN §4)
-    assert C.philox4x32_10(0, 0, 0, 0, 0, 0) == [0x6627E8D5, 0xE169C58D, 0xBC57AC4C, 0x9B00DBD8]
-    m = 0xFFFFFFFF
-    assert C.philox4x32_10(m, m, m, m, m, m) == [0x408F276D, 0x41C83B0E, 0xA20BC7C6, 0x6D5451FD]
-    assert C.philox4x32_10(0x243F6A88, 0x85A308D3, 0x13198A2E, 0x03707344, 0xA4093822, 0x299F31D0) == [
-        0xD16CFE09, 0x94FDCCEB, 0x5001E420, 0x24126EA1]
+    for ctr, key, expected in PHILOX_KNOWN_ANSWERS:  # Random123's known answers
+        assert C.philox4x32_10(*ctr, *key) == list(expected)
     # the golden vectors' raw draws, then the rng module's per-token definition at unaligned
     # starts, across blocks of 64 positions and at large positions
     golden = json.loads(VECTORS.read_text())["draws"]
@@ -63,19 +59,8 @@ def _check(kw, what=""):
 
 def op_args(kw):
     """The normalized positional arguments ``dm.priority_mask`` hands to a kernel for ``kw``."""
-    seen = []
-
-    def record(*args):
-        seen.append(args)
-        return priority_mask_ref(*args)
-
-    orig = ops._kernel_for
-    ops._kernel_for = lambda backend, device: record
-    try:
-        dm.priority_mask(**kw)
-    finally:
-        ops._kernel_for = orig
-    return seen[0]
+    kw = {k: v for k, v in kw.items() if k != "backend"}
+    return tuple(ops.normalize(**kw).args)
 
 
 def _same_tuple(a, b, what=""):

@@ -21,7 +21,7 @@ triton = pytest.importorskip("triton")
 from hypothesis import HealthCheck, given, settings  # noqa: E402
 
 import dllm_masks as dm  # noqa: E402
-from _cases import AWKWARD, VECTORS, assert_same, capture_graph, golden_cases, packed_case, random_cases  # noqa: E402
+from dllm_masks.testing import PHILOX_KNOWN_ANSWERS, AWKWARD, VECTORS, assert_same, capture_graph, golden_cases, packed_case, random_cases  # noqa: E402
 
 INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
 CUDA = torch.cuda.is_available()
@@ -94,12 +94,7 @@ def _settings(st):
 # --------------------------------------------------------------------------------------------
 # Philox in Triton: known answers and the golden draws of the counter layout
 # --------------------------------------------------------------------------------------------
-KNOWN = [  # Random123 known answers (DESIGN §4): counter, key, output
-    ((0, 0, 0, 0), (0, 0), (0x6627E8D5, 0xE169C58D, 0xBC57AC4C, 0x9B00DBD8)),
-    ((0xFFFFFFFF,) * 4, (0xFFFFFFFF, 0xFFFFFFFF), (0x408F276D, 0x41C83B0E, 0xA20BC7C6, 0x6D5451FD)),
-    ((0x243F6A88, 0x85A308D3, 0x13198A2E, 0x03707344), (0xA4093822, 0x299F31D0),
-     (0xD16CFE09, 0x94FDCCEB, 0x5001E420, 0x24126EA1)),
-]
+KNOWN = PHILOX_KNOWN_ANSWERS
 
 
 @pytest.mark.parametrize("ctr,key,expected", KNOWN)

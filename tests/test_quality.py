@@ -16,7 +16,7 @@ from quality import task as T  # noqa: E402
 
 from dllm_masks.extract import code_spans, math_spans  # noqa: E402
 from dllm_masks.train.config import TrainConfig  # noqa: E402
-from dllm_masks.train.evaluate import evaluate_code, math_accuracy  # noqa: E402
+from dllm_masks.eval.scoring import evaluate_code, math_accuracy  # noqa: E402
 
 torch.set_num_threads(1)
 

@@ -7,14 +7,8 @@ from hypothesis import given, strategies as st
 
 from dllm_masks.reference import _draws, _token_layout
 from dllm_masks.rng import philox4x32, sequence_draws, split_seed
-from _cases import VECTORS
+from dllm_masks.testing import PHILOX_KNOWN_ANSWERS as KNOWN_ANSWERS, VECTORS
 
-KNOWN_ANSWERS = [  # Random123 known-answer tests for Philox4x32-10
-    ((0, 0, 0, 0), (0, 0), (0x6627E8D5, 0xE169C58D, 0xBC57AC4C, 0x9B00DBD8)),
-    ((0xFFFFFFFF,) * 4, (0xFFFFFFFF,) * 2, (0x408F276D, 0x41C83B0E, 0xA20BC7C6, 0x6D5451FD)),
-    ((0x243F6A88, 0x85A308D3, 0x13198A2E, 0x03707344), (0xA4093822, 0x299F31D0),
-     (0xD16CFE09, 0x94FDCCEB, 0x5001E420, 0x24126EA1)),
-]
 
 
 @pytest.mark.parametrize("ctr,key,expected", KNOWN_ANSWERS)

@@ -223,9 +223,11 @@ def test_torchrun_two_ranks_match_one_process(tmp_path):
 
 
 def test_generation_eval_end_to_end(tmp_path):
-    pytest.importorskip("dllm_masks.train.evaluate")
+    from dllm_masks.eval.generation import after_training
+
     res = train(tiny_config(tmp_path / "g", max_steps=2, data__eval_fraction=0.25,
-                            eval={"generate": 3, "generate_train": 1, "gen_length": 12, "steps_per_block": 4}))
+                            eval={"generate": 3, "generate_train": 1, "gen_length": 12, "steps_per_block": 4}),
+                evaluators=[after_training])
     m = res["metrics"]
     assert 0.0 <= m["math_accuracy"] <= 1.0 and m["math_n"] >= 1
     assert 0.0 <= m["code_pass@1"] <= 1.0 and m["code_n"] >= 1
@@ -328,7 +330,7 @@ def test_train_loop_drives_an_hf_model(tmp_path):
 
 def test_fill_in_example_marks_predictions(tmp_path):
     from dllm_masks.data.dataset import build_data
-    from dllm_masks.train.eval_gen import fill_in_example
+    from dllm_masks.eval.generation import fill_in_example
 
     cfg = TrainConfig.from_dict(tiny_config(tmp_path / "f", data__eval_fraction=0.25))
     data = build_data(cfg.data, 8, cfg.seed, progress=False)

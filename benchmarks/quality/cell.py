@@ -6,7 +6,7 @@ the records of :mod:`.task` as its data (annotated ones carry their spans, the r
 the cell trains exactly what a user of ``dllm-masks train`` would. Two measurements follow:
 
 - **accuracy**: every held-out prompt decoded block by block (greedy, low-confidence remasking;
-  :func:`dllm_masks.train.eval_gen.evaluate_generations`), math scored by final-answer exact
+  :func:`dllm_masks.eval.generation.evaluate_generations`), math scored by final-answer exact
   match, code by its tests in the sandbox; ``avg`` is the mean of the two, like the paper's AVG.
 - **masked-token cross-entropy** (lower variance): the held-out answers masked uniformly with
   exactly ``round(σ·N)`` tokens per block at each σ of a fixed grid, with masks that are the same
@@ -186,20 +186,17 @@ def measure_ce(model, data, cfg, device, sigmas: Sequence[float] = SIGMA_GRID) -
     dict: ``by_sigma`` {σ: {dense, other, all, n_dense, n_other}}, ``dense``/``other``/``all``
     (means over the σ grid), ``by_domain`` {domain: {dense, other}} (means over the grid).
     """
-    from dllm_masks.blockdiff import BlockDiffAttention, training_layout
     from dllm_masks.data.collate import MaskConfig, mask_batch
     from dllm_masks.data.pack import pack
-    from dllm_masks.train.loss import masked_index
+    from dllm_masks.train.forward import eval_mode, masked_forward
 
     seqs = data.eval
     doms = sorted({data.eval_samples[s.index].domain for s in seqs})
     K = cfg.mask.block_size
-    was = model.training
-    model.eval()
     out = {"by_sigma": {}, "by_domain": {}}
     sums = {d: torch.zeros(2, dtype=torch.float64) for d in doms}
     cnts = {d: torch.zeros(2, dtype=torch.float64) for d in doms}
-    try:
+    with eval_mode(model):
         for sigma in sigmas:
             mcfg = MaskConfig(weight=1.0, complementary=False, sigma_low=sigma, sigma_high=sigma, block_size=K,
                               sigma_per_block=True, sampling="exact", loss_weight=None)
@@ -207,9 +204,7 @@ def measure_ce(model, data, cfg, device, sigmas: Sequence[float] = SIGMA_GRID) -
             s_cnt = torch.zeros(2, dtype=torch.float64)
             for pb in pack(seqs, [s.index for s in seqs], cfg.data.token_budget):
                 b = mask_batch(pb, mcfg, mask_token_id=data.tokenizer.mask_id, seed=EVAL_SEED, device=device)
-                lay = training_layout(b.cu_seqlens, K, views=1)
-                idx = masked_index(b)
-                logits = model(b.input_ids, BlockDiffAttention(lay, cfg.model.attention), idx)
+                logits, idx = masked_forward(model, b, block_size=K, attention=cfg.model.attention)
                 ce = F.cross_entropy(logits.float(), b.labels[idx], reduction="none").double().cpu()
                 idx = idx.cpu()
                 answer = b.labels[idx].cpu() != data.tokenizer.eos_id  # <eos> and its block padding left out
@@ -227,8 +222,6 @@ def measure_ce(model, data, cfg, device, sigmas: Sequence[float] = SIGMA_GRID) -
             out["by_sigma"][f"{sigma:g}"] = {"dense": mean(s_sum[1], s_cnt[1]), "other": mean(s_sum[0], s_cnt[0]),
                                              "all": mean(s_sum.sum(), s_cnt.sum()),
                                              "n_dense": int(s_cnt[1]), "n_other": int(s_cnt[0])}
-    finally:
-        model.train(was)
     for part in ("dense", "other", "all"):
         vals = [v[part] for v in out["by_sigma"].values() if v[part] is not None]
         out[part] = sum(vals) / len(vals) if vals else None
@@ -290,7 +283,7 @@ def run_cell(size: Size, *, weight: float, complementary: bool, fraction: float,
         Keep the run directory (checkpoint, ``log.csv``, ``loss.png``).
     """
     from dllm_masks.train.config import TrainConfig
-    from dllm_masks.train.eval_gen import evaluate_generations
+    from dllm_masks.eval.generation import evaluate_generations
     from dllm_masks.train.loop import train
 
     key = cell_key(weight, complementary, fraction, seed)

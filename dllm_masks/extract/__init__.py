@@ -4,7 +4,6 @@
 * :func:`math_spans` — GSM8K calculator annotations, prose equations, final answers, LaTeX;
 * :class:`LLMExtractor` — the paper's pipeline against any OpenAI-compatible server;
 * :mod:`~dllm_masks.extract.align` — character spans → per-token priority bits;
-* :mod:`~dllm_masks.extract.gsm8k_synth` — synthetic GSM8K-style problems;
 * ``dllm-masks extract`` — annotate a JSONL file (:mod:`~dllm_masks.extract.cli`).
 
 Every extractor returns a :class:`Spans`: merged half-open character spans into the answer, with

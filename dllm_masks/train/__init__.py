@@ -1,17 +1,19 @@
-"""Reference block-diffusion SFT loop (LLaDA 2.0 / dFactory recipe, scaled to a CPU).
+"""The reference block-diffusion SFT application (LLaDA-style, scaled to a CPU, DDP with torchrun).
 
 >>> from dllm_masks.train import train
->>> result = train("configs/tiny.json")          # or a dict / TrainConfig
->>> result["final_loss"], result["metrics"], result["plot"]
+>>> result = train("configs/cpu-small.json")     # or a dict / TrainConfig
+>>> result["final_loss"], result["heldout"], result["plot"]
 
-Modules: ``config`` (TrainConfig), ``model`` (DiffusionLM, HFDiffusionLM), ``loss``, ``loop``
-(train), ``checkpoint`` (atomic, verified), ``decode`` (block-by-block sampling), ``eval_gen``
-(decode + score), ``evaluate`` and ``sandbox`` (scoring generated code and math answers).
+Modules: ``config`` (TrainConfig), ``model`` (DiffusionLM, HFDiffusionLM), ``forward`` (one
+masked forward pass, ``eval_mode``), ``loss`` (normalizations over a packed step), ``loop``
+(train, held-out loss), ``checkpoint`` (atomic, verified), ``logs`` (CSV, plot).
+Decoding and scoring live in :mod:`dllm_masks.eval`, which imports this package (never the
+reverse): pass ``evaluators=[dllm_masks.eval.generation.after_training]`` to score generations.
 """
-__all__ = ["train", "TrainConfig", "load_config", "generate"]
+__all__ = ["train", "TrainConfig", "load_config"]
 
 
-def __getattr__(name):  # lazy: importing the sandbox or the evaluator does not pull in the loop
+def __getattr__(name):  # lazy: importing the package does not pull in the loop and its data stack
     if name == "train":
         from .loop import train
 
@@ -20,8 +22,4 @@ def __getattr__(name):  # lazy: importing the sandbox or the evaluator does not 
         from . import config
 
         return getattr(config, name)
-    if name == "generate":
-        from .decode import generate
-
-        return generate
     raise AttributeError(name)

@@ -17,19 +17,20 @@ import math
 import os
 import time
 from contextlib import nullcontext
-from typing import Callable, Optional
+from dataclasses import dataclass
+from typing import Callable, Optional, Sequence
 
 import torch
 import torch.distributed as dist
 
-from ..blockdiff import BlockDiffAttention, training_layout
 from ..data.collate import MaskConfig, StepDataset, TrainBatch, mask_batch
 from ..data.dataset import SFTData, build_data
 from ..data.pack import StepPlan, pack
 from . import checkpoint as ck
 from .config import TRAJECTORY_EXEMPT, TrainConfig
 from .logs import RunLog, plot_loss
-from .loss import loss_terms, masked_index, normalizer
+from .forward import autocast_for, eval_mode, masked_forward
+from .loss import loss_terms, normalizer
 from .model import build_model
 
 __all__ = ["train", "lr_at", "config_fingerprint", "evaluate_heldout", "heldout_mask_config"]
@@ -113,18 +114,13 @@ class _Env:
             dist.destroy_process_group()
 
 
-def _autocast(cfg: TrainConfig, device: torch.device):
-    if device.type == "cuda" and cfg.bf16:
-        return torch.autocast("cuda", dtype=torch.bfloat16)
-    return nullcontext()
+def _forward(model, b: TrainBatch, cfg: TrainConfig, device, block_size: int):
+    return masked_forward(model, b, block_size=block_size, attention=cfg.model.attention,
+                          autocast=autocast_for(device, cfg.bf16))
 
 
 def _forward_loss(model, b: TrainBatch, cfg: TrainConfig, device):
-    lay = training_layout(b.cu_seqlens, cfg.mask.block_size, views=b.views)
-    attn = BlockDiffAttention(lay, cfg.model.attention)
-    idx = masked_index(b)
-    with _autocast(cfg, device):
-        logits = model(b.input_ids, attn, idx)
+    logits, idx = _forward(model, b, cfg, device, cfg.mask.block_size)
     return loss_terms(logits, b, idx, cfg.loss_norm)
 
 
@@ -154,20 +150,15 @@ def evaluate_heldout(model, data: SFTData, cfg: TrainConfig, device, max_samples
     seqs = data.eval[: (max_samples or None)]
     if not seqs:
         return {}
-    was = model.training
-    model.eval()
     mcfg = heldout_mask_config(cfg)
-    try:
+    with eval_mode(model):
         keys = [EVAL_KEY_OFFSET + s.index for s in seqs]
         total, denom = 0.0, 0.0
         hits = torch.zeros(2, dtype=torch.int64)
         count = torch.zeros(2, dtype=torch.int64)
         for pb in pack(seqs, keys, cfg.data.token_budget):
             b = mask_batch(pb, mcfg, mask_token_id=data.tokenizer.mask_id, seed=EVAL_SEED, device=device)
-            lay = training_layout(b.cu_seqlens, mcfg.block_size, views=b.views)
-            idx = masked_index(b)
-            with _autocast(cfg, device):
-                logits = model(b.input_ids, BlockDiffAttention(lay, cfg.model.attention), idx)
+            logits, idx = _forward(model, b, cfg, device, mcfg.block_size)
             s, _ = loss_terms(logits, b, idx, cfg.loss_norm)
             total += float(s)
             denom += normalizer(b, cfg.loss_norm)
@@ -179,8 +170,6 @@ def evaluate_heldout(model, data: SFTData, cfg: TrainConfig, device, max_samples
         return {"loss": total / max(denom, 1.0), "acc": frac(hits.sum(), count.sum()),
                 "dense_acc": frac(hits[1], count[1]), "other_acc": frac(hits[0], count[0]),
                 "tokens": int(count.sum())}
-    finally:
-        model.train(was)
 
 
 def _check_resume(state: dict, path: str, cfg: TrainConfig, data: SFTData) -> None:
@@ -203,7 +192,8 @@ def _check_resume(state: dict, path: str, cfg: TrainConfig, data: SFTData) -> No
 
 
 def train(config, *, stop_after: Optional[int] = None, resume: bool = True, progress: Optional[bool] = None,
-          echo: Optional[Callable[[str], None]] = None, evaluate: bool = True) -> dict:
+          echo: Optional[Callable[[str], None]] = None, evaluate: bool = True,
+          evaluators: Sequence[Callable[..., dict]] = ()) -> dict:
     """Train (or resume) a block-diffusion SFT run.
 
     Parameters
@@ -222,7 +212,11 @@ def train(config, *, stop_after: Optional[int] = None, resume: bool = True, prog
     echo : callable, optional
         Receives status lines (default: ``print`` on rank 0 when progress is on, else nothing).
     evaluate : bool
-        Run the held-out loss and generation evaluation of ``config.eval`` at the end.
+        Run the held-out loss at the end, then each of ``evaluators``.
+    evaluators : sequence of callables ``f(model, data, cfg, device, *, progress) -> dict``
+        Run on rank 0 after a finished run; their dicts update the result. The generation
+        evaluation of ``config.eval`` is :func:`dllm_masks.eval.generation.after_training`
+        (the training loop does not import the evaluation package).
 
     Returns
     -------
@@ -257,16 +251,40 @@ def train(config, *, stop_after: Optional[int] = None, resume: bool = True, prog
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     try:
-        return _train(cfg, env, stop_after, resume, show, say, evaluate, t_wall, tqdm)
+        run = _setup(cfg, env, resume=resume, stop_after=stop_after, show=show, say=say)
+        run.t_wall = t_wall
+        losses, t_train = _run_steps(run, tqdm)
+        return _finish(run, losses, t_train, t_wall, evaluators=evaluators if evaluate else None)
     finally:
         env.close()
 
 
-def _train(cfg, env, stop_after, resume, show, say, evaluate, t_wall, tqdm):
-    device = env.device
-    data = build_data(cfg.data, cfg.mask.block_size, cfg.seed, progress=show, log=say)
-    tok = data.tokenizer
+@dataclass
+class _Run:
+    """What set-up builds for the steps and the finish of one :func:`train` call."""
+
+    cfg: TrainConfig
+    env: "_Env"
+    data: SFTData
+    model: torch.nn.Module
+    ddp: torch.nn.Module
+    opt: torch.optim.Optimizer
+    plan: StepPlan
+    loader: torch.utils.data.DataLoader
+    start: int
+    end: int
+    n_params: int
+    ckpt_dir: str
+    show: bool
+    say: Callable[[str], None]
+    t_wall: float = 0.0  # perf_counter() when train() was called
+    last_path: Optional[str] = None  # the newest checkpoint written
+    tokens: int = 0  # tokens trained on by this call
+
+
+def _build_model_and_optimizer(cfg: TrainConfig, data: SFTData, device):
     mcfg = cfg.model
+    tok = data.tokenizer
     if mcfg.vocab_size == 0:
         from dataclasses import replace
 
@@ -275,15 +293,16 @@ def _train(cfg, env, stop_after, resume, show, say, evaluate, t_wall, tqdm):
         raise ValueError(f"model.vocab_size: {mcfg.vocab_size} is below the tokenizer's {tok.vocab_size} ids")
     torch.manual_seed(cfg.seed)
     model = build_model(mcfg).to(device)
-    n_params = sum(p.numel() for p in model.parameters())
     decay = [p for p in model.parameters() if p.dim() >= 2]
     no_decay = [p for p in model.parameters() if p.dim() < 2]
     opt = torch.optim.AdamW([{"params": decay, "weight_decay": cfg.optim.weight_decay},
                              {"params": no_decay, "weight_decay": 0.0}],
                             lr=cfg.optim.lr, betas=tuple(cfg.optim.betas), eps=cfg.optim.eps)
+    return mcfg, model, opt
 
-    ckpt_dir = os.path.join(cfg.run_dir, "checkpoints")
-    start = 0
+
+def _resume_point(cfg: TrainConfig, env: "_Env", data: SFTData, model, opt, ckpt_dir: str, resume: bool, say) -> int:
+    """Clean the checkpoint folder, load the newest checkpoint when resuming; the step to start at."""
     if env.main:
         os.makedirs(cfg.run_dir, exist_ok=True)
         stale = ck.remove_stale_temporaries(ckpt_dir)
@@ -294,14 +313,25 @@ def _train(cfg, env, stop_after, resume, show, say, evaluate, t_wall, tqdm):
                 os.unlink(p)
     env.barrier()
     found = ck.latest_checkpoint(ckpt_dir) if resume else None
-    if found is not None:
-        step0, path = found
-        state = ck.load_checkpoint(path, map_location=device)
-        _check_resume(state, path, cfg, data)
-        model.load_state_dict(state["model"])
-        opt.load_state_dict(state["optim"])
-        start = int(state["step"])
-        say(f"resuming from {path} (step {start})")
+    if found is None:
+        return 0
+    _, path = found
+    state = ck.load_checkpoint(path, map_location=env.device)
+    _check_resume(state, path, cfg, data)
+    model.load_state_dict(state["model"])
+    opt.load_state_dict(state["optim"])
+    say(f"resuming from {path} (step {int(state['step'])})")
+    return int(state["step"])
+
+
+def _setup(cfg: TrainConfig, env: "_Env", *, resume: bool, stop_after: Optional[int], show: bool, say) -> _Run:
+    """Data, model, optimizer, resume point and the step loader of a run."""
+    device = env.device
+    data = build_data(cfg.data, cfg.mask.block_size, cfg.seed, progress=show, log=say)
+    tok = data.tokenizer
+    mcfg, model, opt = _build_model_and_optimizer(cfg, data, device)
+    ckpt_dir = os.path.join(cfg.run_dir, "checkpoints")
+    start = _resume_point(cfg, env, data, model, opt, ckpt_dir, resume, say)
     if env.main:
         with open(os.path.join(cfg.run_dir, "config.json"), "w") as f:
             json.dump(cfg.to_dict(), f, indent=1)
@@ -317,92 +347,104 @@ def _train(cfg, env, stop_after, resume, show, say, evaluate, t_wall, tqdm):
     if env.world > 1:
         ddp = torch.nn.parallel.DistributedDataParallel(
             model, device_ids=[device.index] if device.type == "cuda" else None)
-    runlog = RunLog(cfg.run_dir, start, tensorboard=True) if env.main else None
+    n_params = sum(p.numel() for p in model.parameters())
     if start == 0:
         say(f"model: {n_params / 1e6:.2f}M parameters ({mcfg.n_layers} layers, d={mcfg.d_model}), vocab "
             f"{tok.vocab_size}; data: {len(data.train)} train / {len(data.eval)} held-out sequences"
             + (f", {data.dropped} longer than {cfg.data.max_length} dropped" if data.dropped else "")
             + f"; {env.world} rank(s) on {device.type}")
+    return _Run(cfg, env, data, model, ddp, opt, plan, loader, start, end, n_params, ckpt_dir, show, say)
 
-    losses, last_path = [], None
-    tokens_seen, t_train = 0, time.perf_counter()
-    bar = tqdm(total=end - start, desc="train", disable=not show, unit="step", dynamic_ncols=True)
-    model.train()
+
+def _step(run: _Run, step: int, micro: list) -> dict:
+    """One optimizer step over the micro-batches of ``step``; its loss and counts (summed over ranks)."""
+    cfg, env, device = run.cfg, run.env, run.env.device
+    mask_id = run.data.tokenizer.mask_id
+    if cfg.mask.device == "step":
+        micro = [mask_batch(b, cfg.mask, mask_token_id=mask_id, seed=cfg.seed, device=device) for b in micro]
+    else:
+        micro = [b.to(device, non_blocking=True) for b in micro]
+    lr = lr_at(step, cfg)
+    for g in run.opt.param_groups:
+        g["lr"] = lr
+    local = [sum(normalizer(b, cfg.loss_norm) for b in micro), sum(b.num_masked for b in micro),
+             sum(b.cu_seqlens.numel() - 1 for b in micro), sum(int(b.cu_seqlens[-1]) for b in micro)]
+    denom, n_masked, n_seqs, n_tok = env.all_sum(local)
+    denom = max(denom, 1.0)
+    loss_sum = torch.zeros((), dtype=torch.float64, device=device)
+    for i, b in enumerate(micro):
+        sync = i == len(micro) - 1
+        ctx = run.ddp.no_sync() if (env.world > 1 and not sync) else nullcontext()
+        with ctx:
+            s, _ = _forward_loss(run.ddp, b, cfg, device)
+            (s * (env.world / denom)).backward()
+        loss_sum += s.detach().double()
+    params = run.model.parameters
+    gnorm = (torch.nn.utils.clip_grad_norm_(params(), cfg.optim.clip_grad) if cfg.optim.clip_grad > 0 else
+             torch.linalg.vector_norm(torch.stack([p.grad.norm() for p in params() if p.grad is not None])))
+    run.opt.step()
+    run.opt.zero_grad(set_to_none=True)
+    loss = env.all_sum([float(loss_sum)])[0] / denom
+    if not math.isfinite(loss):
+        raise FloatingPointError(f"step {step + 1}: the loss is {loss}; lower optim.lr or check the data")
+    return {"loss": loss, "lr": lr, "grad_norm": float(gnorm), "tokens": int(n_tok), "masked": int(n_masked),
+            "seqs": int(n_seqs), "micro_batches": len(micro)}
+
+
+def _run_steps(run: _Run, tqdm):
+    """The step loop: log, evaluate and checkpoint on schedule. Returns (losses, training seconds)."""
+    cfg, env, plan = run.cfg, run.env, run.plan
+    runlog = RunLog(cfg.run_dir, run.start, tensorboard=True) if env.main else None
+    losses, tokens, t0 = [], 0, time.perf_counter()
+    bar = tqdm(total=run.end - run.start, desc="train", disable=not run.show, unit="step", dynamic_ncols=True)
+    run.model.train()
     try:
-        for step, micro in loader:
-            if cfg.mask.device == "step":
-                micro = [mask_batch(b, cfg.mask, mask_token_id=tok.mask_id, seed=cfg.seed, device=device)
-                         for b in micro]
-            else:
-                micro = [b.to(device, non_blocking=True) for b in micro]
-            lr = lr_at(step, cfg)
-            for g in opt.param_groups:
-                g["lr"] = lr
-            local = [sum(normalizer(b, cfg.loss_norm) for b in micro), sum(b.num_masked for b in micro),
-                     sum(b.cu_seqlens.numel() - 1 for b in micro), sum(int(b.cu_seqlens[-1]) for b in micro)]
-            denom, n_masked, n_seqs, n_tok = env.all_sum(local)
-            denom = max(denom, 1.0)
-            loss_sum = torch.zeros((), dtype=torch.float64, device=device)
-            for i, b in enumerate(micro):
-                sync = i == len(micro) - 1
-                ctx = ddp.no_sync() if (env.world > 1 and not sync) else nullcontext()
-                with ctx:
-                    s, _ = _forward_loss(ddp, b, cfg, device)
-                    (s * (env.world / denom)).backward()
-                loss_sum += s.detach().double()
-            gnorm = (torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.optim.clip_grad)
-                     if cfg.optim.clip_grad > 0 else
-                     torch.linalg.vector_norm(torch.stack([p.grad.norm() for p in model.parameters()
-                                                           if p.grad is not None])))
-            opt.step()
-            opt.zero_grad(set_to_none=True)
-            loss = env.all_sum([float(loss_sum)])[0] / denom
-            if not math.isfinite(loss):
-                raise FloatingPointError(f"step {step + 1}: the loss is {loss}; lower optim.lr or check the data")
-            losses.append(loss)
-            tokens_seen += int(n_tok)
+        for step, micro in run.loader:
+            m = _step(run, step, micro)
+            losses.append(m["loss"])
+            tokens += m["tokens"]
             done = step + 1
             ev = {}
-            if cfg.eval.every and done % cfg.eval.every == 0 and data.eval and env.main:
-                ev = evaluate_heldout(model, data, cfg, device, cfg.eval.max_samples)
+            if cfg.eval.every and done % cfg.eval.every == 0 and run.data.eval and env.main:
+                ev = evaluate_heldout(run.model, run.data, cfg, env.device, cfg.eval.max_samples)
             if runlog is not None:
-                runlog.write({"step": done, "loss": f"{loss:.6f}",
+                runlog.write({"step": done, "loss": f"{m['loss']:.6f}",
                               "eval_loss": f"{ev['loss']:.6f}" if ev else None,
                               "eval_acc": f"{ev['acc']:.4f}" if ev else None,
-                              "lr": f"{lr:.6g}", "grad_norm": f"{float(gnorm):.4f}", "tokens": int(n_tok),
-                              "masked": int(n_masked), "seqs": int(n_seqs), "micro_batches": len(micro),
+                              "lr": f"{m['lr']:.6g}", "grad_norm": f"{m['grad_norm']:.4f}", "tokens": m["tokens"],
+                              "masked": m["masked"], "seqs": m["seqs"], "micro_batches": m["micro_batches"],
                               "epoch": f"{plan.epoch_of(done):.3f}",
-                              "elapsed_s": f"{time.perf_counter() - t_wall:.2f}"})
+                              "elapsed_s": f"{time.perf_counter() - run.t_wall:.2f}"})
             bar.update(1)
-            if done % cfg.log_every == 0 or done == end:
-                bar.set_postfix(loss=f"{loss:.3f}", lr=f"{lr:.2e}", epoch=f"{plan.epoch_of(done):.1f}")
-            if done == end or (cfg.ckpt_every and done % cfg.ckpt_every == 0):
-                last_path = _save(cfg, env, model, opt, done, data, ckpt_dir)
+            if done % cfg.log_every == 0 or done == run.end:
+                bar.set_postfix(loss=f"{m['loss']:.3f}", lr=f"{m['lr']:.2e}", epoch=f"{plan.epoch_of(done):.1f}")
+            if done == run.end or (cfg.ckpt_every and done % cfg.ckpt_every == 0):
+                run.last_path = _save(cfg, env, run.model, run.opt, done, run.data, run.ckpt_dir)
     finally:
         bar.close()
         if runlog is not None:
             runlog.close()
-    t_train = time.perf_counter() - t_train
+    run.tokens = tokens
+    return losses, time.perf_counter() - t0
 
-    result = {"run_dir": cfg.run_dir, "start_step": start, "steps": start + len(losses), "losses": losses,
+
+def _finish(run: _Run, losses: list, t_train: float, t_wall: float, *, evaluators) -> dict:
+    """The result dict; held-out loss and ``evaluators`` (None: no evaluation) after a finished run;
+    ``result.json`` and the loss plot."""
+    cfg, env, data, model = run.cfg, run.env, run.data, run.model
+    result = {"run_dir": cfg.run_dir, "start_step": run.start, "steps": run.start + len(losses), "losses": losses,
               "final_loss": (sum(losses[-10:]) / len(losses[-10:])) if losses else None,
-              "last_loss": losses[-1] if losses else None, "params": n_params, "world_size": env.world,
-              "train_s": t_train, "tokens_per_s": tokens_seen / t_train if t_train > 0 else None,
-              "dropped_samples": data.dropped, "checkpoint": last_path,
+              "last_loss": losses[-1] if losses else None, "params": run.n_params, "world_size": env.world,
+              "train_s": t_train, "tokens_per_s": run.tokens / t_train if t_train > 0 else None,
+              "dropped_samples": data.dropped, "checkpoint": run.last_path,
               "log_csv": os.path.join(cfg.run_dir, "log.csv"), "eval_loss": None, "heldout": {}, "metrics": {},
               "generations": [], "fill_in": "", "plot": None}
-    finished = start + len(losses) >= cfg.max_steps
-    if env.main and evaluate and finished:
-        result["heldout"] = evaluate_heldout(model, data, cfg, device, cfg.eval.max_samples)
+    finished = run.start + len(losses) >= cfg.max_steps
+    if env.main and evaluators is not None and finished:
+        result["heldout"] = evaluate_heldout(model, data, cfg, env.device, cfg.eval.max_samples)
         result["eval_loss"] = result["heldout"].get("loss")
-        if cfg.eval.generate or cfg.eval.generate_train:
-            from .eval_gen import evaluate_generations
-
-            result.update(evaluate_generations(model, data, cfg, device, progress=show))
-        if cfg.eval.show and data.eval:
-            from .eval_gen import fill_in_example
-
-            result["fill_in"] = fill_in_example(model, data, cfg, device, seed=cfg.seed)
+        for evaluator in evaluators:
+            result.update(evaluator(model, data, cfg, env.device, progress=run.show))
     if env.main:
         result["plot"] = plot_loss(result["log_csv"], os.path.join(cfg.run_dir, "loss.png"),
                                    title=f"{os.path.basename(os.path.normpath(cfg.run_dir))}: w={cfg.mask.weight}, "

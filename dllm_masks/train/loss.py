@@ -14,6 +14,7 @@ import torch.nn.functional as F
 
 from .. import validation as V
 from ..data.collate import TrainBatch
+from .forward import masked_index
 
 __all__ = ["NORMALIZATIONS", "loss_terms", "normalizer", "masked_index"]
 
@@ -22,11 +23,6 @@ NORMALIZATIONS = {
     "maskable": "Σ w·CE / (maskable tokens of every view): LLaDA's estimator of the NELBO per answer token",
     "sequence": "mean over noisy sequences of Σ_seq w·CE / (maskable tokens of the sequence) (LLaDA's SFT code)",
 }
-
-
-def masked_index(batch: TrainBatch) -> torch.Tensor:
-    """int64 [M]: indices (into ``batch.input_ids``) of the masked tokens of the noisy views."""
-    return torch.nonzero(batch.labels != -100).squeeze(1)
 
 
 def normalizer(batch: TrainBatch, norm: str) -> float:

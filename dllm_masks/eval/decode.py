@@ -202,7 +202,7 @@ def _stack_cache(store, rows, n_layers, device):
 
 
 def _rounds_cached(model, st, mask_id, eos_id, T, temperature, attention, stop_at_eos, generator, device, bar):
-    from .model import forward_block
+    from ..train.model import forward_block
 
     K, L = st.K, len(model.blocks)
     store = [[[] for _ in range(L)] for _ in st.seqs]  # per document, per layer: (k, v) chunks

@@ -1,4 +1,6 @@
-"""Noise-level (σ) sampling for masked-diffusion training."""
+"""Noise-level (σ) sampling for masked-diffusion training: i.i.d. draws from a generator
+(:func:`sample_sigma`) or draws keyed by sample and segment (:func:`keyed_sigma`, which the
+reference training loop uses so that σ does not depend on batch, rank or order)."""
 from __future__ import annotations
 
 from typing import Optional
@@ -6,8 +8,9 @@ from typing import Optional
 import torch
 
 from . import validation as V
+from .rng import STREAM_SIGMA, philox4x32, split_seed
 
-__all__ = ["sample_sigma"]
+__all__ = ["sample_sigma", "keyed_sigma", "STREAM_SIGMA"]
 
 
 def sample_sigma(
@@ -54,3 +57,39 @@ def sample_sigma(
         u = (perm + u) / S
     sigma = (low + (high - low) * u).clamp_(low, high).to(torch.float32)
     return sigma.to(device) if device is not None else sigma
+
+
+def keyed_sigma(sample_ids: torch.Tensor, cu_seqlens: torch.Tensor, *, low: float, high: float, seed: int,
+                block_size: Optional[int] = None) -> torch.Tensor:
+    """σ per segment, drawn from Philox keyed by the sample key and the segment's index in it.
+
+    Segment j of sequence b draws ``philox((j, s_b lo, s_b hi, 2), key(seed))[0]`` and maps it to
+    ``low + (high − low) · r / 2^32``: σ depends on the sample, not on its batch, rank or order.
+
+    Parameters
+    ----------
+    sample_ids : torch.Tensor, int64, [B]
+    cu_seqlens : torch.Tensor, int32/int64, [B+1]
+    low, high : float
+    seed : int
+    block_size : int, optional
+        One σ per block of this many positions (segments as in ``priority_mask``), else per sequence.
+
+    Returns
+    -------
+    torch.Tensor, float32, [S] on the device of ``sample_ids``.
+    """
+    dev = sample_ids.device
+    cu = cu_seqlens.to(dev, torch.int64)
+    lens = cu[1:] - cu[:-1]
+    if block_size is None:
+        counts = torch.ones_like(lens)
+    else:
+        counts = (lens + block_size - 1) // block_size
+    keys = torch.repeat_interleave(sample_ids.to(torch.int64), counts)
+    starts = torch.cumsum(counts, 0) - counts
+    seg = torch.arange(keys.numel(), device=dev) - torch.repeat_interleave(starts, counts)
+    k0, k1 = split_seed(seed)
+    r = philox4x32(seg, keys & 0xFFFFFFFF, (keys >> 32) & 0xFFFFFFFF, torch.full_like(seg, STREAM_SIGMA), k0, k1)[0]
+    u = r.to(torch.float64) * (1.0 / 4294967296.0)
+    return (low + (high - low) * u).clamp(low, high).to(torch.float32)

@@ -16,7 +16,7 @@ import time
 
 import torch
 
-from .ops import available_backends, priority_mask
+from ..ops import available_backends, priority_mask
 
 __all__ = ["DEMO_CONFIG", "demo_config", "add_parser"]
 
@@ -77,8 +77,9 @@ def _show_generations(gens, n: int) -> None:
 
 
 def run_demo(args) -> int:
-    from .train.config import apply_overrides
-    from .train.loop import train
+    from ..train.config import apply_overrides
+    from ..eval.generation import after_training
+    from ..train.loop import train
 
     cfg = demo_config()
     if args.run_dir:
@@ -95,8 +96,8 @@ def run_demo(args) -> int:
           f"block size {cfg['mask']['block_size']}, sigma in [{cfg['mask']['sigma_low']}, "
           f"{cfg['mask']['sigma_high']}], w = {cfg['mask']['weight']}, <eos> maskable), "
           f"torch threads: {torch.get_num_threads() if not cfg.get('threads') else cfg['threads']}")
-    result = train(cfg, resume=args.resume, echo=print)
-    from .train.cli import summarize
+    result = train(cfg, resume=args.resume, echo=print, evaluators=[after_training])
+    from .train import summarize
 
     summarize(result)
     if result.get("fill_in"):

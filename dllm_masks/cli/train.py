@@ -35,8 +35,9 @@ def summarize(result: dict, echo=print) -> None:
 
 
 def run(args) -> int:
-    from .config import load_config
-    from .loop import train
+    from ..train.config import load_config
+    from ..eval.generation import after_training
+    from ..train.loop import train
 
     try:
         cfg = load_config(args.config, args.set)
@@ -44,7 +45,8 @@ def run(args) -> int:
             print(json.dumps(cfg.to_dict(), indent=1))
             return 0
         result = train(cfg, resume=not args.fresh, stop_after=args.stop_after,
-                       progress=False if args.no_progress else None, echo=print)
+                       progress=False if args.no_progress else None, echo=print,
+                       evaluators=[after_training])
     except (ValueError, TypeError) as e:  # bad config, data or checkpoint: a message, not a traceback
         print(f"dllm-masks train: error: {e}", file=sys.stderr)
         return 2

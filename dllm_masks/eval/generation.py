@@ -1,6 +1,6 @@
 """Generation-based evaluation of a trained run: decode held-out prompts block by block, then score
 math answers by final-answer exact match and code by running its HumanEval tests in the sandbox
-of :mod:`dllm_masks.train.evaluate` (never in this process)."""
+of :mod:`dllm_masks.eval.scoring` (never in this process)."""
 from __future__ import annotations
 
 from typing import List
@@ -9,7 +9,7 @@ import torch
 
 from .decode import answer_ids, generate
 
-__all__ = ["pick_balanced", "evaluate_generations", "fill_in_example"]
+__all__ = ["pick_balanced", "evaluate_generations", "fill_in_example", "after_training"]
 
 
 def pick_balanced(seqs: List, samples: List, n: int) -> List:
@@ -63,7 +63,7 @@ def _code_problem(s, tests):
 
 def _score(samples, texts, cfg, progress):
     """Per-sample correctness (None where the sample cannot be scored) and the metrics."""
-    from .evaluate import evaluate_code, score_math
+    from .scoring import evaluate_code, score_math
 
     correct: List = [None] * len(samples)
     metrics = {}
@@ -119,10 +119,9 @@ def fill_in_example(model, data, cfg, device, *, sigma: float = 0.5, seed: int =
     forward pass), rendered with the model's fill-ins: ``[x]`` a correct fill, ``[x≠y]`` a wrong one
     (x predicted, y true), ``†`` after a fill on an information-dense token. Empty without held-out
     data. Prefers an annotated math sample (the clearest to read)."""
-    from ..blockdiff import BlockDiffAttention, training_layout
     from ..data.collate import MaskConfig, mask_batch
     from ..data.pack import pack
-    from ..train.loss import masked_index
+    from ..train.forward import eval_mode, masked_forward
 
     pool = [s for s in data.eval if bool(s.priority.any())] or list(data.eval)
     if not pool:
@@ -133,14 +132,8 @@ def fill_in_example(model, data, cfg, device, *, sigma: float = 0.5, seed: int =
                       block_size=cfg.mask.block_size, loss_weight=None)
     pb = pack([s], [seed], len(s))[0]
     b = mask_batch(pb, mcfg, mask_token_id=data.tokenizer.mask_id, seed=seed, device=device)
-    idx = masked_index(b)
-    was = model.training
-    model.eval()
-    try:
-        logits = model(b.input_ids, BlockDiffAttention(training_layout(b.cu_seqlens, mcfg.block_size, views=1),
-                                                       cfg.model.attention), idx)
-    finally:
-        model.train(was)
+    with eval_mode(model):
+        logits, idx = masked_forward(model, b, block_size=mcfg.block_size, attention=cfg.model.attention)
     logits[:, data.tokenizer.mask_id] = float("-inf")
     pred = dict(zip(idx.tolist(), logits.argmax(-1).tolist()))
     tok, eos = data.tokenizer, data.tokenizer.eos_id
@@ -159,3 +152,21 @@ def fill_in_example(model, data, cfg, device, *, sigma: float = 0.5, seed: int =
         if true == eos:
             break
     return "".join(out)
+
+
+def after_training(model, data, cfg, device, *, progress: bool = False) -> dict:
+    """The generation evaluation that ``config.eval`` asks for at the end of a run; pass it to
+    :func:`dllm_masks.train.train` as ``evaluators=[after_training]`` (the ``dllm-masks train``
+    and ``demo`` commands do).
+
+    Returns
+    -------
+    dict: ``metrics`` and ``generations`` of :func:`evaluate_generations` (when ``cfg.eval.generate``
+    or ``cfg.eval.generate_train``), ``fill_in`` of :func:`fill_in_example` (when ``cfg.eval.show``).
+    """
+    out = {}
+    if cfg.eval.generate or cfg.eval.generate_train:
+        out.update(evaluate_generations(model, data, cfg, device, progress=progress))
+    if cfg.eval.show and data.eval:
+        out["fill_in"] = fill_in_example(model, data, cfg, device, seed=cfg.seed)
+    return out

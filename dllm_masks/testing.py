@@ -1,7 +1,9 @@
-"""Shared inputs and comparisons for the priority_mask tests of every backend.
+"""Shared test data and comparisons for every backend's tests and for the benchmarks.
 
 Every kernel is compared to the reference bit-for-bit (``torch.equal``) on the same cases:
-``AWKWARD`` packed batches, the golden vectors of ``shared/vectors`` and hypothesis-drawn inputs.
+``AWKWARD`` packed batches, the golden vectors (``tests/data/priority_mask_vectors.json`` of a
+source checkout), hypothesis-drawn inputs (:func:`random_cases`, needs ``hypothesis``) and the
+Philox known answers (``PHILOX_KNOWN_ANSWERS``). :func:`capture_graph` captures a CUDA graph.
 """
 from __future__ import annotations
 
@@ -11,11 +13,22 @@ import os
 from pathlib import Path
 
 import torch
-from hypothesis import strategies as st
 
 import dllm_masks as dm
 
-VECTORS = Path(__file__).resolve().parent / "data" / "priority_mask_vectors.json"
+try:  # a dev dependency: random_cases exists only where hypothesis is installed
+    from hypothesis import strategies as st
+except ImportError:  # pragma: no cover
+    st = None
+
+VECTORS = Path(__file__).resolve().parent.parent / "tests" / "data" / "priority_mask_vectors.json"
+
+PHILOX_KNOWN_ANSWERS = [  # Random123's known answers for Philox4x32-10: (counter, key, output)
+    ((0, 0, 0, 0), (0, 0), (0x6627E8D5, 0xE169C58D, 0xBC57AC4C, 0x9B00DBD8)),
+    ((0xFFFFFFFF,) * 4, (0xFFFFFFFF,) * 2, (0x408F276D, 0x41C83B0E, 0xA20BC7C6, 0x6D5451FD)),
+    ((0x243F6A88, 0x85A308D3, 0x13198A2E, 0x03707344), (0xA4093822, 0x299F31D0),
+     (0xD16CFE09, 0x94FDCCEB, 0x5001E420, 0x24126EA1)),
+]
 
 # Lengths of the sequences of one packed batch, and why each is there.
 AWKWARD = [
@@ -85,8 +98,7 @@ def golden_cases():
     return out
 
 
-@st.composite
-def random_cases(draw, max_len=40, max_seqs=5):
+def _random_cases(draw, max_len=40, max_seqs=5):
     """Small packed batches with every option drawn: for bit-equality between backends."""
     lengths = draw(st.lists(st.integers(0, max_len), min_size=0, max_size=max_seqs))
     block_size = draw(st.sampled_from([None, None, 1, 3, 4, 32]))
@@ -114,6 +126,9 @@ def random_cases(draw, max_len=40, max_seqs=5):
         kw["sigma"] = kw["sigma"].clone()
         kw["sigma"][: draw(st.integers(0, kw["sigma"].numel()))] = draw(st.sampled_from([0.0, 1.0]))
     return kw
+
+
+random_cases = st.composite(_random_cases) if st is not None else None
 
 
 def capture_graph(fn):

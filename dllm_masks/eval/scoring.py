@@ -1,13 +1,13 @@
 """Scores for the ablation harness: code pass@k in a sandbox and math final-answer accuracy.
 
->>> from dllm_masks.train.evaluate import evaluate_code, math_accuracy
+>>> from dllm_masks.eval.scoring import evaluate_code, math_accuracy
 >>> report = evaluate_code(problems, completions, workers=2, timeout=5.0)   # HumanEval records
 >>> report.pass_at_1, report.results[0][0].status
 >>> math_accuracy(["... so she pays 18 dollars.\\n#### 18"], ["#### 18"])
 1.0
 
 Generated code never runs in the calling process: every program runs in a separate, limited
-interpreter (see :mod:`dllm_masks.train.sandbox` for what is and is not enforced).
+interpreter (see :mod:`dllm_masks.eval.sandbox` for what is and is not enforced).
 """
 from __future__ import annotations
 
@@ -171,10 +171,10 @@ def evaluate_code(samples: Sequence[Mapping], completions: Sequence, *, workers:
     workers : int
         Sandboxes running at once, in [1, 64]. Each one is a process with up to ``memory_mb``.
     timeout, memory_mb, cpu_seconds, file_mb, max_processes, output_chars
-        Limits of each run, see :class:`~dllm_masks.train.sandbox.SandboxLimits`. ``timeout`` is
+        Limits of each run, see :class:`~dllm_masks.eval.sandbox.SandboxLimits`. ``timeout`` is
         wall-clock seconds per program (default 5.0).
     isolation : {"auto", "namespace", "process"}
-        See :func:`~dllm_masks.train.sandbox.resolve_isolation`.
+        See :func:`~dllm_masks.eval.sandbox.resolve_isolation`.
     progress : bool
         Show a tqdm progress bar (one step per program).
 

@@ -1,16 +1,15 @@
-"""``dllm-masks`` command line. Each subcommand lives beside the code it drives and registers
-itself through an ``add_parser(subparsers)`` function listed in ``SUBCOMMANDS``."""
+"""``dllm-masks`` command line: the outermost layer, which may import every other package. Each
+subcommand registers itself through an ``add_parser(subparsers)`` function listed in ``SUBCOMMANDS``."""
 from __future__ import annotations
 
 import argparse
 import importlib
-import sys
 
 # module path -> it defines add_parser(subparsers); parsers set a `func` default taking args.
 SUBCOMMANDS = [
-    "dllm_masks.demo",
+    "dllm_masks.cli.demo",
     "dllm_masks.extract.cli",
-    "dllm_masks.train.cli",
+    "dllm_masks.cli.train",
 ]
 
 
@@ -26,6 +25,3 @@ def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     return int(args.func(args) or 0)
 
-
-if __name__ == "__main__":
-    sys.exit(main())
