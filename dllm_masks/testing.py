@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 from pathlib import Path
 
 import torch
@@ -128,7 +127,28 @@ def _random_cases(draw, max_len=40, max_seqs=5):
     return kw
 
 
+def _padded_cases(draw):
+    """Padded [B, L] batches whose padding and prompts come through a ``maskable`` tensor, with a
+    uint8 priority holding values other than 0 / 1 (nonzero means priority)."""
+    B, L = draw(st.integers(0, 4)), draw(st.integers(0, 70))
+    g = torch.Generator().manual_seed(draw(st.integers(0, 2**31)))
+    block = draw(st.sampled_from([None, 2, 7]))
+    return dict(
+        input_ids=torch.randint(5, 1000, (B, L), generator=g, dtype=draw(st.sampled_from([torch.int32, torch.int64]))),
+        sigma=torch.rand(B, generator=g) if block is None and draw(st.booleans()) else draw(st.floats(0, 1)),
+        maskable=torch.rand(B, L, generator=g) < draw(st.sampled_from([0.0, 0.5, 0.9, 1.0])),
+        priority=torch.tensor([0, 1, 2, 255], dtype=torch.uint8)[torch.randint(0, 4, (B, L), generator=g)],
+        weight=draw(st.sampled_from([1.0, 2.0, 0.25, 0.0, math.inf])),
+        sampling=draw(st.sampled_from(["bernoulli", "exact"])),
+        complementary=draw(st.booleans()),
+        block_size=block,
+        loss_weight=draw(st.sampled_from([None, "sigma", "token"])),
+        mask_token_id=-1, seed=draw(st.integers(0, 2**64 - 1)), seq_offset=draw(st.integers(-(2**62), 2**62)),
+    )
+
+
 random_cases = st.composite(_random_cases) if st is not None else None
+padded_cases = st.composite(_padded_cases) if st is not None else None
 
 
 def capture_graph(fn):

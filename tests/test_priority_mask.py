@@ -1,28 +1,18 @@
 """priority_mask: the DESIGN contract held against the reference (the oracle) and the dispatcher.
 
-Kernel-specific bit-equality lives in test_priority_mask_cpp.py and test_priority_mask_triton.py;
-the golden vectors here run on every backend that is available.
+Every backend's bit-equality with the reference (golden vectors, awkward shapes, hypothesis
+batches) is one suite in test_conformance.py; kernel-specific checks live in
+test_priority_mask_cpp.py and test_priority_mask_triton.py.
 """
 import math
-import os
 
 import pytest
 import torch
 from hypothesis import given, settings, strategies as st
 
 import dllm_masks as dm
-from dllm_masks.rates import _solve, exact_counts
-from dllm_masks.testing import AWKWARD, assert_same, golden_cases, packed_case, random_cases
-
-BACKENDS = ["ref", None, "cpp", "triton"]  # None: the dispatcher's choice
-
-
-def _skip_unavailable(backend):
-    if backend in ("cpp", "triton"):
-        why = dm.available_backends()[backend]
-        if why is not None and not (backend == "cpp" and os.environ.get("DLLM_MASKS_REQUIRE_CPP") == "1"):
-            pytest.skip(f"{backend} not available: {why}")
-
+from dllm_masks.rates import exact_counts
+from dllm_masks.testing import assert_same, packed_case, random_cases
 
 def ref(**kw):
     return dm.priority_mask(**kw, backend="ref")
@@ -40,26 +30,6 @@ def seq_of(cu):
 def pos_of(cu):
     s = seq_of(cu)
     return torch.arange(int(cu[-1])) - cu.long()[s]
-
-
-# --------------------------------------------------------------------------------------------
-# Golden vectors: every backend reproduces the independent implementation exactly
-# --------------------------------------------------------------------------------------------
-@pytest.mark.parametrize("backend", BACKENDS, ids=lambda b: b or "dispatch")
-@pytest.mark.parametrize("name,kw,expected", golden_cases(), ids=[c[0] for c in golden_cases()])
-def test_golden_vectors(backend, name, kw, expected):
-    _skip_unavailable(backend)
-    out = dm.priority_mask(**kw, backend=backend)
-    assert out.noisy_ids.tolist() == expected["noisy_ids"]
-    assert out.masked.tolist() == expected["masked"]
-    assert out.labels.tolist() == expected["labels"]
-    assert out.rates.tolist() == expected["rates"]
-
-
-@pytest.mark.parametrize("lengths,why", AWKWARD, ids=[a[1] for a in AWKWARD])
-def test_dispatcher_matches_reference(lengths, why):
-    kw = packed_case(lengths, 3, weight=2.0, complementary=True, loss_weight="token")
-    assert_same(dm.priority_mask(**kw), ref(**kw), why)
 
 
 # --------------------------------------------------------------------------------------------

@@ -12,7 +12,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
 from quality import cell as C  # noqa: E402
 from quality import report as R  # noqa: E402
 from quality import run_grid as G  # noqa: E402
-from quality import task as T  # noqa: E402
+from dllm_masks.data import tiny_task as T  # noqa: E402
 
 from dllm_masks.extract import code_spans, math_spans  # noqa: E402
 from dllm_masks.train.config import TrainConfig  # noqa: E402

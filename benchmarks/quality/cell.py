@@ -29,7 +29,7 @@ import torch.nn.functional as F
 
 from dllm_masks.extract.auto import selected
 
-from . import task as T
+from dllm_masks.data import tiny_task as T
 
 __all__ = ["SIZES", "Size", "cell_key", "weight_name", "task_stats", "train_records", "train_config", "run_cell", "measure_ce",
            "EVAL_SEED", "SIGMA_GRID"]

@@ -232,7 +232,7 @@ def markdown(doc: dict, groups) -> str:
     L.append(f"{len(cells)} cells from `{doc.get('_path', 'results')}`. Model: d={cfg.get('d_model')}, "
              f"{cfg.get('n_layers')} layers, {cfg.get('steps')} steps of {cfg.get('batch_size')} problems "
              f"(lr {cfg.get('lr')}), block {cfg.get('block_size')}; task: {cfg.get('n_train')} training / "
-             f"{cfg.get('n_eval')} held-out problems (math and code), see `benchmarks/quality/task.py`.")
+             f"{cfg.get('n_eval')} held-out problems (math and code), see `dllm_masks/data/tiny_task.py`.")
     ts = doc.get("task_stats")
     if ts:
         L.append("Dense share of the answers, ρ (tokens / characters): " + ", ".join(

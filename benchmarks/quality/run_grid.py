@@ -37,7 +37,7 @@ if str(HERE.parent) not in sys.path:
     sys.path.insert(0, str(HERE.parent))
 
 from quality import cell as C  # noqa: E402
-from quality import task as T  # noqa: E402
+from dllm_masks.data import tiny_task as T  # noqa: E402
 
 __all__ = ["grid_cells", "main", "load_results", "WEIGHTS", "FRACTIONS", "FORMAT"]
 
@@ -139,7 +139,7 @@ def _run_one(size: C.Size, cell: dict, work_dir: str, device: str) -> dict:
     return rec
 
 
-def main(argv: Optional[List[str]] = None) -> int:
+def _parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--size", choices=sorted(C.SIZES), default="reduced")
     ap.add_argument("--out", help="results JSON (default: benchmarks/quality/results/grid_<size>.json)")
@@ -154,10 +154,12 @@ def main(argv: Optional[List[str]] = None) -> int:
     ap.add_argument("--max-cells", type=int, default=None, help="stop after this many new cells")
     ap.add_argument("--work-dir", help="run directories (default: a temporary folder, removed)")
     ap.add_argument("--no-progress", action="store_true")
-    args = ap.parse_args(argv)
+    return ap
 
+
+def _plan(ap: argparse.ArgumentParser, args) -> dict:
+    """The grid the arguments ask for: size, device, jobs, cells' axes and the results path."""
     import torch
-    from tqdm.auto import tqdm
 
     size = C.SIZES[args.size]
     if args.seeds:
@@ -172,15 +174,18 @@ def main(argv: Optional[List[str]] = None) -> int:
         ap.error("--fractions: each must be in (0, 1]")
     comps = {"both": (True, False), "on": (True,), "off": (False,)}[args.complement]
     out = Path(args.out) if args.out else HERE / "results" / f"grid_{args.size}.json"
+    return dict(size=size, device=device, jobs=jobs, weights=weights, fractions=fractions, comps=comps, out=out)
 
+
+def _open_results(out: Path, size_name: str, size) -> Optional[dict]:
+    """The results document at ``out`` (new, or read to resume); None when it holds another size config."""
     size_cfg = {k: v for k, v in size.to_dict().items() if k not in ("seeds", "threads")}
     if out.exists():
         doc = load_results(out)
         if doc.get("format") != FORMAT or doc.get("size_config") != size_cfg:
-            print(f"{out}: written with another size config; use another --out", file=sys.stderr)
-            return 2
+            return None
     else:
-        doc = {"format": FORMAT, "size": args.size, "size_config": size_cfg,
+        doc = {"format": FORMAT, "size": size_name, "size_config": size_cfg,
                "task": {"description": "two-step GSM8K-style arithmetic and small Python functions with tests",
                         "n_train": size.n_train, "n_eval": size.n_eval},
                "metrics": {"sigma_grid": list(C.SIGMA_GRID), "eval_seed": C.EVAL_SEED},
@@ -189,8 +194,54 @@ def main(argv: Optional[List[str]] = None) -> int:
         doc["task_stats"] = C.task_stats(size)
         if out.exists():
             _write(out, doc)
+    return doc
+
+
+def _execute(todo: list, plan: dict, work_dir: str, finish) -> None:
+    """Train the cells of ``todo``, ``plan["jobs"]`` at a time; ``finish(cell, rec=None, err=None)`` after each."""
+    size, device = plan["size"], plan["device"]
+    if plan["jobs"] == 1:
+        for cell in todo:
+            try:
+                rec = _run_one(size, cell, work_dir, device)
+            except Exception as e:  # noqa: BLE001 - record the failure, keep the grid going
+                finish(cell, err=f"{type(e).__name__}: {e}")
+            else:
+                finish(cell, rec)
+        return
+    import multiprocessing as mp
+    from concurrent.futures import ProcessPoolExecutor, as_completed
+
+    with ProcessPoolExecutor(max_workers=plan["jobs"], mp_context=mp.get_context("spawn")) as pool:
+        futs = {pool.submit(_run_one, size, cell, work_dir, device): cell for cell in todo}
+        try:
+            for fut in as_completed(futs):
+                cell = futs[fut]
+                try:
+                    rec = fut.result()
+                except Exception as e:  # noqa: BLE001
+                    finish(cell, err=f"{type(e).__name__}: {e}")
+                else:
+                    finish(cell, rec)
+        except BaseException:
+            for f in futs:
+                f.cancel()
+            raise
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    ap = _parser()
+    args = ap.parse_args(argv)
+    from tqdm.auto import tqdm
+
+    plan = _plan(ap, args)
+    size, device, jobs, out = plan["size"], plan["device"], plan["jobs"], plan["out"]
+    doc = _open_results(out, args.size, size)
+    if doc is None:
+        print(f"{out}: written with another size config; use another --out", file=sys.stderr)
+        return 2
     done = {c["key"] for c in doc["cells"]}
-    todo = [c for c in grid_cells(size.seeds, weights, fractions, comps) if c["key"] not in done]
+    todo = [c for c in grid_cells(size.seeds, plan["weights"], plan["fractions"], plan["comps"]) if c["key"] not in done]
     if args.max_cells is not None:
         todo = todo[:max(0, args.max_cells)]
     print(f"{len(done)} cells in {out}, {len(todo)} to run ({jobs} at a time on {device}, "
@@ -205,7 +256,6 @@ def main(argv: Optional[List[str]] = None) -> int:
     t0 = time.perf_counter()
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # spawned workers: no spinning on shared cores
     tmp = None if args.work_dir else tempfile.TemporaryDirectory(prefix="dllm-quality-")
-    work_dir = args.work_dir or tmp.name
     bar = tqdm(total=len(todo), desc=f"grid {args.size}", unit="cell", disable=args.no_progress, dynamic_ncols=True)
 
     def finish(cell, rec=None, err=None):
@@ -224,33 +274,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         bar.update(1)
 
     try:
-        if jobs == 1:
-            for cell in todo:
-                try:
-                    rec = _run_one(size, cell, work_dir, device)
-                except Exception as e:  # noqa: BLE001 - record the failure, keep the grid going
-                    finish(cell, err=f"{type(e).__name__}: {e}")
-                else:
-                    finish(cell, rec)
-        else:
-            import multiprocessing as mp
-            from concurrent.futures import ProcessPoolExecutor, as_completed
-
-            with ProcessPoolExecutor(max_workers=jobs, mp_context=mp.get_context("spawn")) as pool:
-                futs = {pool.submit(_run_one, size, cell, work_dir, device): cell for cell in todo}
-                try:
-                    for fut in as_completed(futs):
-                        cell = futs[fut]
-                        try:
-                            rec = fut.result()
-                        except Exception as e:  # noqa: BLE001
-                            finish(cell, err=f"{type(e).__name__}: {e}")
-                        else:
-                            finish(cell, rec)
-                except BaseException:
-                    for f in futs:
-                        f.cancel()
-                    raise
+        _execute(todo, plan, args.work_dir or tmp.name, finish)
     finally:
         bar.close()
         run["finished"] = datetime.now(timezone.utc).isoformat(timespec="seconds")

@@ -1,5 +1,5 @@
-"""A task small enough to learn from scratch on a CPU, where reasoning matters and the dense spans
-are known by construction.
+"""A tiny task for the miniature ablations (``benchmarks/quality/``): small enough to learn from
+scratch on a CPU, where reasoning matters and the dense spans are known by construction.
 
 Two domains, both written the way the paper's data is:
 
