@@ -1,4 +1,4 @@
-"""priority_mask: the DESIGN contract held against the reference (the oracle) and the dispatcher.
+"""priority_mask: the docs/design.md contract held against the reference (the oracle) and the dispatcher.
 
 Kernel-specific bit-equality lives in test_priority_mask_cpp.py and test_priority_mask_triton.py;
 the golden vectors here run on every backend that is available.
@@ -375,7 +375,7 @@ def test_priority_of_other_integer_widths():
 
 
 # --------------------------------------------------------------------------------------------
-# Inputs that must be refused (DESIGN §8)
+# Inputs that must be refused (docs/design.md §9)
 # --------------------------------------------------------------------------------------------
 def _base():
     return dict(input_ids=torch.arange(10), sigma=0.5, cu_seqlens=torch.tensor([0, 4, 10], dtype=torch.int32),
