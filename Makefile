@@ -4,7 +4,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 PIP    := $(PY) -m pip
 STAMP  := $(VENV)/.installed
-# torch is pinned to the CPU build that lies on this machine's disk (a plain `pip install torch`
+# torch is pinned to a CPU build (a plain `pip install torch`
 # pulls a multi-GB CUDA build). Override on a GPU machine: make test TORCH_SPEC=torch
 TORCH_SPEC ?= torch==2.13.0
 
