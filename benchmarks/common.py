@@ -1,6 +1,6 @@
 """Shared benchmark plumbing: workloads, baselines, timing, machine info, JSON results and plots.
 
-Imported by ``bench_priority_mask.py`` (CPU) and ``gpu_check.py`` (a lent GPU) so both measure the
+Imported by ``bench_priority_mask.py`` (CPU) and ``gpu_check.py`` (a GPU) so both measure the
 same workload against the same baselines.
 """
 from __future__ import annotations

@@ -7,7 +7,7 @@ Phases, each written to ``<out>/gpu_check.json`` as soon as it ends (a run cut s
 reports what it measured):
 
 1. ``env``: versions, GPU, and the PTX of the kernels compiled for this GPU: float64 arithmetic
-   must be ``mul.rn``/``add.rn``/``div.rn`` with no ``fma`` (DESIGN §5);
+   must be ``mul.rn``/``add.rn``/``div.rn`` with no ``fma`` (docs/design.md §7);
 2. ``graph``: a CUDA-graph capture of the public op (seed and offset as device tensors,
    ``validate=False``), replayed with the rng tensor updated in between; every replay must equal the
    CPU reference bit for bit, and different seeds must give different masks;

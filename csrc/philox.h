@@ -1,4 +1,4 @@
-// Philox4x32-10 (Salmon et al., SC'11) with the counter layout of DESIGN §4.
+// Philox4x32-10 (Salmon et al., SC'11) with the counter layout of docs/design.md §4.
 //
 // One Philox call yields four 32-bit words, one for each of four neighbouring token positions:
 // the token at position j of a sequence with key s draws

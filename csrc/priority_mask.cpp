@@ -1,4 +1,4 @@
-// dllm_masks::priority_mask, CPU kernel (DESIGN §3–§5, §8).
+// dllm_masks::priority_mask, CPU kernel (docs/design.md §3–§7, §9).
 //
 // Layers: priority_mask_cpu() (here) checks every argument and index, normalizes dtypes, builds
 // the segment table and allocates the outputs; the kernel (priority_mask_kernel.h, built for the
@@ -8,7 +8,7 @@
 //
 // Bit-identity with dllm_masks/reference.py: the rates mirror dllm_masks/rates.py op for op in
 // float64 (built with -ffp-contract=off: no fused multiply-add), the draws are the Philox words
-// of DESIGN §4, Bernoulli compares r < floor(q * 2^32) in integers, and the exact sampling keeps
+// of docs/design.md §4, Bernoulli compares r < floor(q * 2^32) in integers, and the exact sampling keeps
 // per group the k smallest keys (r << 32 | position), the order of the reference's stable sort.
 #include "priority_mask.h"
 
@@ -34,7 +34,7 @@ namespace {
 using detail::Ctx;
 
 // ---------------------------------------------------------------------------------------------
-// Argument checks (DESIGN §8): every dtype, size and index the kernel relies on.
+// Argument checks (docs/design.md §9): every dtype, size and index the kernel relies on.
 // ---------------------------------------------------------------------------------------------
 void check_cpu(const at::Tensor& x, const char* name) {
   TORCH_CHECK_VALUE(x.defined(), "priority_mask: ", name, ": expected a tensor, got an undefined one");
@@ -61,7 +61,7 @@ void advise_huge_pages(const at::Tensor& x) {
 
 // DLLM_MASKS_CPU_HUGEPAGES=0 drops the hint: where memory is fragmented (after a large model step
 // freed and re-mapped gigabytes) and THP defrag is "madvise", each huge-page fault may compact
-// memory first, which can cost more than the 4 KiB faults it saves (see the README's CPU section).
+// memory first, which can cost more than the 4 KiB faults it saves (see docs/kernels.md).
 bool huge_pages_enabled() {
   const char* v = std::getenv("DLLM_MASKS_CPU_HUGEPAGES");
   return v == nullptr || std::strcmp(v, "0") != 0;

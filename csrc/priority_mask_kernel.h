@@ -36,7 +36,7 @@ struct Rates {
   double q0, q1;
 };
 
-// DESIGN §3, the operations of dllm_masks/rates.py::_solve in the same order, each rounded.
+// docs/design.md §3, the operations of dllm_masks/rates.py::_solve in the same order, each rounded.
 Rates solve_rates(int64_t n, int64_t n1_count, float sigma, double w) {
   const double N = double(n);
   const double n1 = double(n1_count);

@@ -12,7 +12,7 @@
 
 namespace {
 
-// For tests: one Philox4x32-10 call, and draws in the counter layout of DESIGN §4 through the
+// For tests: one Philox4x32-10 call, and draws in the counter layout of docs/design.md §4 through the
 // kernels' own block evaluation (philox_fill).
 std::array<uint32_t, 4> philox_call(uint32_t c0, uint32_t c1, uint32_t c2, uint32_t c3, uint32_t k0, uint32_t k1) {
   const uint32_t ctr[4] = {c0, c1, c2, c3};
@@ -44,7 +44,7 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         pybind11::arg("complementary"), pybind11::arg("loss_weight_mode"), pybind11::arg("mask_token_id"));
   m.def("philox4x32_10", &philox_call, "One Philox4x32-10 call (tests): (c0, c1, c2, c3, k0, k1) -> 4 words.");
   m.def("philox_draws", &philox_draws,
-        "Draws of positions [start, start + count) of one sequence and stream (DESIGN 4; tests).",
+        "Draws of positions [start, start + count) of one sequence and stream (docs/design.md §4; tests).",
         pybind11::arg("seed"), pybind11::arg("seq_key"), pybind11::arg("stream"), pybind11::arg("start"),
         pybind11::arg("count"));
   m.def("kernel_isa", &dllm_masks::kernel_isa,

@@ -413,8 +413,8 @@ def priority_mask(
 
     Each segment (a sequence, or a block of ``block_size`` positions) masks its maskable tokens
     so that its expected masking rate is σ, with priority tokens ``weight`` times as likely to be
-    masked as the others (rates solved with clipping at 1, DESIGN §3). Random numbers come from
-    Philox4x32-10 keyed by ``seed`` and counted by sequence key and position (DESIGN §4), so every
+    masked as the others (rates solved with clipping at 1, docs/design.md §3). Random numbers come from
+    Philox4x32-10 keyed by ``seed`` and counted by sequence key and position (docs/design.md §4), so every
     backend returns bit-identical results.
 
     Parameters

@@ -1,4 +1,4 @@
-"""Solving p_base with clipping (DESIGN §3), vectorized over segments, in float64.
+"""Solving p_base with clipping (docs/design.md §3), vectorized over segments, in float64.
 
 Every operation below is a separate torch op, so each is rounded on its own (no fused
 multiply-add): the C++ and Triton kernels perform exactly the same sequence of operations.
@@ -17,7 +17,7 @@ def solve_rates(n, n1, sigma, weight: float) -> torch.Tensor:
     """Per-segment masking probabilities (q0, q1) that conserve the target rate σ.
 
     Solves n1·q1 + n0·q0 = σ·N with q1 = w·q0, clipping the larger of the two at 1 and
-    re-solving the other (DESIGN §3).
+    re-solving the other (docs/design.md §3).
 
     Parameters
     ----------
@@ -99,7 +99,7 @@ def _solve(n: torch.Tensor, n1: torch.Tensor, sigma: torch.Tensor, w: float) -> 
 
 
 def exact_counts(n: torch.Tensor, n1: torch.Tensor, sigma: torch.Tensor, rates: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
-    """Token counts (k0, k1) that ``sampling="exact"`` masks per segment (DESIGN §4).
+    """Token counts (k0, k1) that ``sampling="exact"`` masks per segment (docs/design.md §5).
 
     k = floor(σ·N + 0.5); k1 = clamp(floor(q1·n1 + 0.5), max(0, k − n0), min(n1, k)); k0 = k − k1.
 

@@ -1,4 +1,4 @@
-"""Philox4x32-10 in plain torch integer ops, with the counter layout of DESIGN §4.
+"""Philox4x32-10 in plain torch integer ops, with the counter layout of docs/design.md §4.
 
 Every value is a uint32 held in an int64 tensor, so the arithmetic never overflows and runs on
 any device. The kernels (C++ and Triton) implement the same function; this module is their oracle.
@@ -76,7 +76,7 @@ def split_seed(seed: IntOrTensor) -> Tuple[IntOrTensor, IntOrTensor]:
 def sequence_draws(seq_keys: torch.Tensor, positions: torch.Tensor, stream: int, seed: IntOrTensor) -> torch.Tensor:
     """uint32 draws (as int64) for tokens at ``positions`` of sequences with keys ``seq_keys``.
 
-    This is the per-token definition of DESIGN §4 (one Philox call per token): the reference
+    This is the per-token definition of docs/design.md §4 (one Philox call per token): the reference
     itself draws once per group of four tokens (see :mod:`dllm_masks.reference`); this form is for
     tests and small inputs.
 

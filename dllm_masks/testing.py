@@ -77,7 +77,7 @@ def assert_same(a: dm.MaskedBatch, b: dm.MaskedBatch, what=""):
 
 
 def golden_cases():
-    """(name, kwargs, expected) of the golden vectors computed from DESIGN by an independent implementation."""
+    """(name, kwargs, expected) of the golden vectors computed from docs/design.md by an independent implementation."""
     data = json.loads(VECTORS.read_text())
     out = []
     for case in data["cases"]:

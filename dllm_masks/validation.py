@@ -1,4 +1,4 @@
-"""Argument checks for the public ops (DESIGN §8).
+"""Argument checks for the public ops (docs/design.md §9).
 
 Each check raises ``TypeError`` (wrong kind or dtype) or ``ValueError`` (wrong value or shape)
 with the argument's name first. The checks that read tensor data on the host (monotone

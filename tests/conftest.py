@@ -1,7 +1,7 @@
 import os
 
 # Triton kernels run on the CPU under the interpreter; it must be set before any kernel module
-# is imported (DESIGN §5).
+# is imported (docs/design.md §7).
 os.environ.setdefault("TRITON_INTERPRET", "1")
 
 from hypothesis import settings  # noqa: E402

@@ -11,7 +11,7 @@ torch.set_num_threads(2)
 
 
 def brute_force(lengths, block_size, views):
-    """The rule of DESIGN/README, written as a plain loop over every (query, key) pair."""
+    """The rule of docs/training.md (attention), written as a plain loop over every (query, key) pair."""
     T = sum(lengths)
     toks = []  # (doc, copy or None for clean, position)
     for v in list(range(views)) + [None]:

@@ -78,7 +78,7 @@ def test_humaneval_rho_code(humaneval, deepseek_tokenizer):
         rhos.append(align.dense_fraction(enc.offsets, spans))
     rho = sum(rhos) / len(rhos)
     print(f"\nrho_code (HumanEval canonical solutions, deepseek tokens, all rules) = {rho:.3f}")
-    # HumanEval solutions are short and nearly all logic; the value is documented in the README
+    # HumanEval solutions are short and nearly all logic; the value is documented in docs/extraction.md
     assert 0.35 < rho < 0.75
 
 

@@ -1,4 +1,4 @@
-"""priority_mask: the DESIGN contract held against the reference (the oracle) and the dispatcher.
+"""priority_mask: the docs/design.md contract held against the reference (the oracle) and the dispatcher.
 
 Every backend's bit-equality with the reference (golden vectors, awkward shapes, hypothesis
 batches) is one suite in test_conformance.py; kernel-specific checks live in
@@ -288,6 +288,42 @@ def test_valid_edge_cases(case, sampling):
         assert torch.equal(m0, mk) and not bool(m1.any())
     if not bool(mk.any()):
         assert not bool(out.masked.any()) and bool((out.loss_weight == 0).all())
+    if case.get("weight") in (0.0, math.inf):
+        _assert_hard_order(kw, out)
+    assert_same(out, dm.priority_mask(**kw), "dispatcher")
+
+
+def _assert_hard_order(kw, out):
+    """w = inf masks every maskable priority token of a segment before any other (w = 0: the
+    reverse), in both samplings; returns how many segments mask tokens of both groups."""
+    T = kw["input_ids"].numel()
+    mk = _maskable(kw)
+    pr = kw["priority"].bool() & mk
+    first, second = (pr, mk & ~pr) if math.isinf(kw["weight"]) else (mk & ~pr, pr)
+    q_first, q_second = (out.rates[:, 1], out.rates[:, 0]) if math.isinf(kw["weight"]) else (out.rates[:, 0], out.rates[:, 1])
+    seg, S = _segments(kw)
+    m0 = views(out, T, 2)[0]
+    both = 0
+    for s in range(S):
+        at = seg == s
+        if bool(first[at].any()) and bool(second[at].any()):
+            # the rates: the second group draws only once the first is certain
+            assert float(q_second[s]) == 0.0 or float(q_first[s]) == 1.0, (s, out.rates[s])
+        if bool((m0 & second & at).any()):
+            assert bool(m0[first & at].all()), f"segment {s}: a token of the second group is masked before the first"
+            both += bool((m0 & first & at).any())
+    return both
+
+
+@pytest.mark.parametrize("weight", [0.0, math.inf])
+@pytest.mark.parametrize("sampling", ["bernoulli", "exact"])
+def test_hard_weights_mask_one_group_first(weight, sampling):
+    # σ from 0.05 to 0.95 over 12 sequences of 40 tokens, 40 % priority: both regimes (σ·N below
+    # and above the first group's size) occur, so the order is checked where it matters
+    kw = packed_case([40] * 12, 5, prio_rate=0.4, prompt=False, weight=weight, sampling=sampling,
+                     complementary=True, sigma=torch.linspace(0.05, 0.95, 12))
+    out = ref(**kw)
+    assert _assert_hard_order(kw, out) >= 3
     assert_same(out, dm.priority_mask(**kw), "dispatcher")
 
 
@@ -309,7 +345,7 @@ def test_priority_of_other_integer_widths():
 
 
 # --------------------------------------------------------------------------------------------
-# Inputs that must be refused (DESIGN §8)
+# Inputs that must be refused (docs/design.md §9)
 # --------------------------------------------------------------------------------------------
 def _base():
     return dict(input_ids=torch.arange(10), sigma=0.5, cu_seqlens=torch.tensor([0, 4, 10], dtype=torch.int32),

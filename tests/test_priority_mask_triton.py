@@ -1,4 +1,4 @@
-"""The Triton kernel of ``priority_mask`` against the reference, bit for bit (DESIGN §5).
+"""The Triton kernel of ``priority_mask`` against the reference, bit for bit (docs/design.md §7).
 
 Where the kernels run:
 * ``TRITON_INTERPRET=1`` (tests/conftest.py sets it; CI): on CPU tensors in Triton's interpreter;
@@ -161,7 +161,7 @@ def test_seed_and_offset_change_the_masks():
 
 
 # --------------------------------------------------------------------------------------------
-# No fused multiply-add, correctly rounded float64 division (DESIGN §5), read from the PTX
+# No fused multiply-add, correctly rounded float64 division (docs/design.md §7), read from the PTX
 # --------------------------------------------------------------------------------------------
 _PTX_CHECK = r"""
 import collections, json, sys

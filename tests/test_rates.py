@@ -1,4 +1,4 @@
-"""Solving p_base with clipping (DESIGN §3): conservation, clipping, and an independent scalar oracle."""
+"""Solving p_base with clipping (docs/design.md §3): conservation, clipping, and an independent scalar oracle."""
 import math
 
 import pytest
@@ -16,7 +16,7 @@ sigmas = st.one_of(st.sampled_from([0.0, 1.0]), st.floats(0.0, 1.0, width=32))
 
 
 def scalar_rates(N, n1, s, w):
-    """DESIGN §3 transcribed with Python floats (IEEE doubles, no fma): an independent oracle."""
+    """docs/design.md §3 transcribed with Python floats (IEEE doubles, no fma): an independent oracle."""
     n0 = N - n1
     K = s * N
     if N == 0:

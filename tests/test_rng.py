@@ -1,4 +1,4 @@
-"""Philox4x32-10 and the counter layout of DESIGN §4."""
+"""Philox4x32-10 and the counter layout of docs/design.md §4."""
 import json
 
 import pytest

@@ -1,1 +1,1 @@
-"""Triton GPU kernels, installed as ``dllm_masks.triton_kernels`` (DESIGN §6)."""
+"""Triton GPU kernels, installed as ``dllm_masks.triton_kernels`` (docs/design.md §10)."""

@@ -1,4 +1,4 @@
-"""Philox4x32-10 in Triton, with the counter layout of DESIGN §4 (shared by every Triton kernel).
+"""Philox4x32-10 in Triton, with the counter layout of docs/design.md §4 (shared by every Triton kernel).
 
 Written out with ``tl.umulhi``, wrapping ``uint32`` multiplies and xors: ``tl.rand``/``tl.randint4x``
 are not used, since their counter layout is Triton's and not the contract's. Every word is an
@@ -52,7 +52,7 @@ def philox_quads(quad, key_lo, key_hi, stream: tl.constexpr, k0, k1):
     """The four uint32 words of the Philox call that serves positions 4·quad .. 4·quad + 3.
 
     ``quad`` is j >> 2 (any integer tensor, < 2^32), ``key_lo``/``key_hi`` the sequence key's
-    words, ``stream`` 0 (Bernoulli) or 1 (selection keys), (k0, k1) the seed's words (DESIGN §4).
+    words, ``stream`` 0 (Bernoulli) or 1 (selection keys), (k0, k1) the seed's words (docs/design.md §4).
     """
     c0 = quad.to(tl.uint32)
     c1 = key_lo + tl.zeros_like(c0)

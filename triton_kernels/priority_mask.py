@@ -1,6 +1,6 @@
 """``dllm_masks::priority_mask`` on CUDA: the Triton kernels and their launcher.
 
-Bit-identical to :func:`dllm_masks.reference.priority_mask_ref` (DESIGN §5): the same Philox
+Bit-identical to :func:`dllm_masks.reference.priority_mask_ref` (docs/design.md §7): the same Philox
 counter layout (§4), integer thresholds, and the rates of §3 solved in float64 with exactly the
 operations of :mod:`dllm_masks.rates`, each rounded on its own (launched with
 ``enable_fp_fusion=False``; float64 ``/`` lowers to ``div.rn.f64``).
@@ -46,7 +46,7 @@ IGNORE_INDEX: tl.constexpr = tl.constexpr(-100)
 KEY_ALL: tl.constexpr = tl.constexpr(0x7FFFFFFFFFFFFFFF)  # above every key: the whole group is masked
 PARTIALS: tl.constexpr = tl.constexpr(256)  # partial counts summed per step
 
-# How the rates are solved (DESIGN §3), chosen on the host from w like rates._solve does.
+# How the rates are solved (docs/design.md §3), chosen on the host from w like rates._solve does.
 W_ONE, W_INF, W_ZERO, W_ABOVE_ONE, W_BELOW_ONE = 0, 1, 2, 3, 4
 
 # Float literals in the kernels are only 0.0, 0.5, 1.0 and 2^32: Triton types a Python float as
@@ -61,7 +61,7 @@ def _solve_rates(n, n1, s, w, w_mode):
     """(q0, q1) of one segment, float64, mirroring ``rates._solve`` operation for operation.
 
     n, n1: int64 scalars (maskable, maskable priority); s: σ as float64; w: the weight, float64;
-    w_mode: which branch of DESIGN §3 w selects (W_ONE … W_BELOW_ONE, chosen on the host).
+    w_mode: which branch of docs/design.md §3 w selects (W_ONE … W_BELOW_ONE, chosen on the host).
     Denominators that are zero only where the result is overridden below (n0 = 0, n1 = 0, N = 0)
     are replaced by 1 so that no division by zero happens at all.
     """
@@ -268,7 +268,7 @@ def _segment(s, segstart_ptr, segseq_ptr, cu_ptr, CHUNK: tl.constexpr, SEG_IS_SE
 @triton.jit
 def _sequence_key(b, rng_ptr, sid_ptr, has_sid):
     """Philox key words (k0, k1) of the seed and counter words (lo, hi) of sequence b's key:
-    ``sample_ids[b]`` if given, else ``seq_offset + b`` (DESIGN §4), as uint64 bits."""
+    ``sample_ids[b]`` if given, else ``seq_offset + b`` (docs/design.md §4), as uint64 bits."""
     k0, k1 = split_u64(tl.load(rng_ptr))
     key = tl.load(rng_ptr + 1).to(tl.uint64, bitcast=True) + b.to(tl.uint64)
     if has_sid != 0:
@@ -554,7 +554,7 @@ def compile_for_inspection(kernel: str = "mask", arch: int = 90, *, exact: bool 
 
     Needs no GPU (Triton's bundled LLVM and ptxas), only a process without ``TRITON_INTERPRET=1``.
     The tests and ``benchmarks/gpu_check.py`` read the PTX: float64 arithmetic must be
-    ``mul.rn``/``add.rn``/``sub.rn``/``div.rn``, never ``fma`` (DESIGN §5).
+    ``mul.rn``/``add.rn``/``sub.rn``/``div.rn``, never ``fma`` (docs/design.md §7).
     """
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource

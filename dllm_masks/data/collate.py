@@ -33,7 +33,8 @@ class MaskConfig:
     block_size : int
         Block-diffusion block size (paper: 32).
     sigma_per_block : bool
-        One σ per block (BD3-LM) rather than one per sequence.
+        One σ per block (BD3-LM's choice) rather than one per sequence (dFactory draws one σ
+        per sample).
     sampling : {"bernoulli", "exact"}
     loss_weight : {"sigma", "token", None}
         Per-token loss weights from the op (1/σ and 1/(1−σ) by default).

@@ -49,7 +49,7 @@ from typing import Dict, Iterable, List, Optional, Sequence, Tuple
 
 from .spans import Spans, check_rules, merge_spans
 
-__all__ = ["code_spans", "ast_spans", "fallback_spans", "RULES", "FALLBACK_RULES"]
+__all__ = ["code_spans", "fallback_spans", "RULES", "FALLBACK_RULES"]
 
 RULES: Dict[str, str] = {
     "condition": "tests of if/elif/while/assert, conditional expressions, comprehension filters, case guards",
@@ -263,14 +263,6 @@ def _tree_spans(tree, text: str, rules: Sequence[str]) -> List[Tuple[int, int, s
         pass
     pos = _Positions(text)
     return [(*pos.span(n), rule) for n, rule in col.found]
-
-
-def ast_spans(source: str, rules: Optional[Iterable[str]] = None) -> Optional[List[Tuple[int, int]]]:
-    """Spans of ``source`` by the AST rules, or None when it does not parse. Not merged."""
-    tree, _ = _parse(source)
-    if tree is None:
-        return None
-    return [(s, e) for s, e, _ in _tree_spans(tree, source, check_rules("rules", rules, RULES))]
 
 
 # ---------------------------------------------------------------------------------------------
