@@ -377,3 +377,14 @@ def test_build_data_applies_the_budget_to_the_priority_bits():
         n_ans = len(data.tokenizer.encode(data.train_samples[t.index].answer)[0])
         assert int(t.priority.sum()) <= target[t.domain] * n_ans and int(t.priority.sum()) <= int(f.priority.sum())
     assert sum(int(t.priority.sum()) for t in data.train) < sum(int(f.priority.sum()) for f in full.train)
+
+
+def test_docstring_examples():
+    import doctest
+
+    import dllm_masks.extract.code as code_mod
+    import dllm_masks.extract.math as math_mod
+
+    for mod in (code_mod, math_mod):
+        res = doctest.testmod(mod)
+        assert res.attempted > 0 and res.failed == 0, mod.__name__
