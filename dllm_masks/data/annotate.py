@@ -8,7 +8,7 @@ reads a file annotated by the CLI see the same annotated subset.
 from __future__ import annotations
 
 from dataclasses import replace
-from typing import Dict, List
+from typing import Dict, List, Union
 
 from tqdm.auto import tqdm
 
@@ -18,7 +18,8 @@ __all__ = ["annotate_fraction"]
 
 
 def annotate_fraction(samples: List[Sample], fractions: Dict[str, float], *, seed: int = 0,
-                      progress: bool = True) -> List[Sample]:
+                      progress: bool = True, target_rho: Union[None, float, Dict[str, float]] = None,
+                      tokenizer=None) -> List[Sample]:
     """Spans from the rule extractors on a seeded fraction of each domain; no spans elsewhere.
 
     Parameters
@@ -31,6 +32,12 @@ def annotate_fraction(samples: List[Sample], fractions: Dict[str, float], *, see
         not annotated.
     seed : int
     progress : bool
+    target_rho : float or dict, optional
+        Density budget of the rule spans (:mod:`dllm_masks.extract.budget`): a share in (0, 1]
+        for every domain, or ``{"code": 0.42, "math": 0.37}``. None: every rule span.
+    tokenizer : optional
+        Measure the budget in its tokens (a ``TextTokenizer``: the answer's offsets are those of
+        the training sequence); None: in characters.
 
     Returns
     -------
@@ -38,6 +45,7 @@ def annotate_fraction(samples: List[Sample], fractions: Dict[str, float], *, see
     ``spans=None`` (unannotated: uniform masking).
     """
     from ..extract.auto import DOMAINS, rule_spans, selected
+    from ..extract.budget import measure_for, target_for
 
     if not isinstance(fractions, dict):
         raise TypeError(f"data.annotate: expected a dict domain -> fraction, got {type(fractions).__name__}")
@@ -46,10 +54,17 @@ def annotate_fraction(samples: List[Sample], fractions: Dict[str, float], *, see
             raise ValueError(f"data.annotate: no rule extractor for domain {dom!r} (known: {', '.join(DOMAINS)})")
         if isinstance(f, bool) or not isinstance(f, (int, float)) or not 0.0 <= f <= 1.0:
             raise ValueError(f"data.annotate: fraction of {dom!r} must be in [0, 1], got {f!r}")
+    for dom in DOMAINS:
+        target_for(target_rho, dom, "data.target_rho")  # validates
     out = []
     for s in tqdm(samples, desc="annotate", disable=not progress, leave=False):
         rec = {"prompt": s.prompt, "answer": s.answer, "id": s.meta.get("id")}
         chosen = s.domain in fractions and selected(rec, fractions[s.domain], seed)
-        spans = [tuple(x) for x in rule_spans(s.prompt, s.answer, s.domain)] if chosen else None
+        if chosen:
+            target = target_for(target_rho, s.domain, "data.target_rho")
+            m = measure_for(tokenizer, s.answer) if target is not None else None
+            spans = [tuple(x) for x in rule_spans(s.prompt, s.answer, s.domain, target_rho=target, measure=m)]
+        else:
+            spans = None
         out.append(replace(s, spans=spans))
     return out

@@ -81,18 +81,21 @@ def build_data(data_cfg, block_size: int, seed: int, *, progress: bool = True, l
         train_s, eval_s = samples, load_samples(data_cfg.eval_source)
     else:
         train_s, eval_s = split_samples(samples, data_cfg.eval_fraction, seed)
+    tok = load_tokenizer(data_cfg.tokenizer, eos_token=data_cfg.eos_token, mask_token=data_cfg.mask_token)
     if data_cfg.annotate is not None:
         from .annotate import annotate_fraction
 
-        train_s = annotate_fraction(train_s, data_cfg.annotate, seed=seed, progress=progress)
+        # a density budget counts the answer's tokens (tok's offsets, those of the sequences)
+        rho = dict(target_rho=data_cfg.target_rho, tokenizer=tok)
+        train_s = annotate_fraction(train_s, data_cfg.annotate, seed=seed, progress=progress, **rho)
         # held-out samples are annotated in full: their priority bits only split the held-out
         # accuracy into dense tokens and the rest (held-out masks are uniform)
-        eval_s = annotate_fraction(eval_s, {d: 1.0 for d in data_cfg.annotate}, seed=seed, progress=progress)
+        eval_s = annotate_fraction(eval_s, {d: 1.0 for d in data_cfg.annotate}, seed=seed, progress=progress, **rho)
         if log:
             n = sum(s.spans is not None for s in train_s)
             log(f"annotated {n}/{len(train_s)} training samples with the rule extractors "
-                f"({', '.join(f'{k} {v:.0%}' for k, v in data_cfg.annotate.items())})")
-    tok = load_tokenizer(data_cfg.tokenizer, eos_token=data_cfg.eos_token, mask_token=data_cfg.mask_token)
+                f"({', '.join(f'{k} {v:.0%}' for k, v in data_cfg.annotate.items())})"
+                + (f", density budget {data_cfg.target_rho}" if data_cfg.target_rho is not None else ""))
     if data_cfg.compact_vocab:
         used = set()
         for s in train_s + eval_s:

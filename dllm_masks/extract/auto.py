@@ -4,11 +4,12 @@ from __future__ import annotations
 import hashlib
 import re
 
-from .code import _FENCE, _parse, code_spans
-from .math import _CALC, math_spans
+from .budget import target_for
+from .code import _FENCE, RULES as CODE_RULES, _labelled as _code_labelled, _parse, code_spans
+from .math import _CALC, RULES as MATH_RULES, _labelled_all as _math_labelled, math_spans
 from .spans import Spans
 
-__all__ = ["detect_domain", "rule_spans", "selected", "sample_key", "DOMAINS"]
+__all__ = ["detect_domain", "rule_spans", "labelled_rule_spans", "selected", "sample_key", "DOMAINS"]
 
 DOMAINS = ("code", "math")
 _MATH_MARKS = re.compile(r"####|\\boxed|\\frac|\\\(|\\\[|\$\$")
@@ -36,17 +37,43 @@ def detect_domain(prompt: str, answer: str) -> str:
     return "math"
 
 
-def rule_spans(prompt: str, answer: str, domain: str) -> Spans:
+def rule_spans(prompt: str, answer: str, domain: str, *, target_rho=None, measure=None) -> Spans:
     """Spans of ``answer`` by the rules of ``domain`` (``"code"``: :func:`code_spans` with the
     prompt as a prefix that is parsed with the answer when that parses; ``"math"``:
-    :func:`math_spans`)."""
+    :func:`math_spans`).
+
+    ``target_rho`` (a number in (0, 1], a dict ``{domain: number}``, or None) and ``measure``
+    set the density budget (:mod:`dllm_masks.extract.budget`); a domain the dict does not name
+    has no budget.
+    """
+    if domain not in DOMAINS:
+        raise ValueError(f"domain: expected 'code' or 'math', got {domain!r}")
+    target = target_for(target_rho, domain)
     if domain == "code":
-        return code_spans(answer, prefix=prompt)
-    if domain == "math":
-        if not isinstance(prompt, str):
-            raise TypeError(f"prompt: expected a str, got {type(prompt).__name__}")
-        return math_spans(answer)
-    raise ValueError(f"domain: expected 'code' or 'math', got {domain!r}")
+        return code_spans(answer, prefix=prompt, target_rho=target, measure=measure)
+    if not isinstance(prompt, str):
+        raise TypeError(f"prompt: expected a str, got {type(prompt).__name__}")
+    return math_spans(answer, target_rho=target, measure=measure)
+
+
+def labelled_rule_spans(prompt: str, answer: str, domain: str):
+    """The spans :func:`rule_spans` starts from, before merging or budgeting.
+
+    Returns
+    -------
+    (labelled, meta)
+        ``labelled``: ``(start, end, kind)`` character spans into ``answer`` (not merged; they
+        may reach outside it and are clipped by the budget), kinds as in
+        :data:`dllm_masks.extract.budget.PRIORITY[domain]`; ``meta``: the extractor's meta.
+    """
+    if domain not in DOMAINS:
+        raise ValueError(f"domain: expected 'code' or 'math', got {domain!r}")
+    for name, v in (("prompt", prompt), ("answer", answer)):
+        if not isinstance(v, str):
+            raise TypeError(f"{name}: expected a str, got {type(v).__name__}")
+    if domain == "code":
+        return _code_labelled(answer, prompt, list(CODE_RULES))
+    return _math_labelled(answer, list(MATH_RULES))
 
 
 def sample_key(rec: dict) -> str:

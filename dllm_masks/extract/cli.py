@@ -27,6 +27,7 @@ from tqdm.auto import tqdm
 
 from .align import dense_fraction
 from .auto import DOMAINS, detect_domain, rule_spans, sample_key, selected  # noqa: F401 (re-exported)
+from .budget import measure_for, parse_target_rho
 
 BATCH = 64
 
@@ -125,7 +126,7 @@ class _Stats:
         return out
 
 
-def _annotate(batch: List[dict], args, extractor) -> List[dict]:
+def _annotate(batch: List[dict], args, extractor, tok=None) -> List[dict]:
     """Fill domain/spans/extract for a batch of records, in order."""
     todo = []
     for rec in batch:
@@ -140,10 +141,14 @@ def _annotate(batch: List[dict], args, extractor) -> List[dict]:
     if extractor is not None:
         results = extractor.extract_many(todo, progress=False) if todo else []
     else:
-        results = [rule_spans(r["prompt"], r["answer"], r["domain"]) for r in todo]
+        # the budget counts what the ρ report counts: answer tokens with --tokenizer, else characters
+        def budget(r):
+            return {} if args.target_rho is None else {"target_rho": args.target_rho,
+                                                       "measure": measure_for(tok, r["answer"])}
+        results = [rule_spans(r["prompt"], r["answer"], r["domain"], **budget(r)) for r in todo]
     for rec, sp in zip(todo, results):
         meta = {k: v for k, v in sp.meta.items() if k in ("method", "error", "failed", "parsed", "format",
-                                                           "quotes", "unmatched", "fuzzy", "cached")}
+                                                           "quotes", "unmatched", "fuzzy", "cached", "budget")}
         rec["spans"] = None if meta.get("failed") else [list(x) for x in sp]
         rec["extract"] = meta
     return batch
@@ -152,6 +157,9 @@ def _annotate(batch: List[dict], args, extractor) -> List[dict]:
 def run(args) -> int:
     if not 0.0 <= args.fraction <= 1.0:
         print(f"dllm-masks extract: --fraction must lie in [0, 1], got {args.fraction}", file=sys.stderr)
+        return 2
+    if args.target_rho is not None and args.method != "rules":
+        print("dllm-masks extract: --target-rho applies to --method rules", file=sys.stderr)
         return 2
     if not os.path.exists(args.input):
         print(f"dllm-masks extract: {args.input}: no such file", file=sys.stderr)
@@ -189,7 +197,7 @@ def run(args) -> int:
 
         def flush() -> None:
             nonlocal n_new
-            for rec in _annotate(batch, args, extractor):
+            for rec in _annotate(batch, args, extractor, tok):
                 out.write(json.dumps(rec, ensure_ascii=False) + "\n")
                 stats.add(rec, tok)
                 n_new += 1
@@ -226,7 +234,7 @@ def run(args) -> int:
 
     rep = stats.report()
     rep.update(malformed_lines=bad, resumed=len(done), written=n_new,
-               method=args.method, fraction=args.fraction, seed=args.seed)
+               method=args.method, fraction=args.fraction, seed=args.seed, target_rho=args.target_rho)
     if extractor is not None:
         rep["llm"] = dict(extractor.stats)
     lines = [f"dense fraction ρ per annotated sample, unit: {rep['unit']}"]
@@ -258,6 +266,9 @@ def add_parser(sub) -> None:
                    help="fraction of samples to annotate, chosen per sample (paper: 0.1 code, 0.5 math)")
     p.add_argument("--seed", type=int, default=0, help="seed of the per-sample choice")
     p.add_argument("--tokenizer", help="tokenizer.json: report ρ over tokens instead of characters")
+    p.add_argument("--target-rho", type=parse_target_rho, default=None, metavar="RHO",
+                   help="density budget per answer (rules): a number in (0, 1] or DOMAIN=NUMBER,...; "
+                        "measured like the ρ report (see python -m dllm_masks.extract.calibrate)")
     p.add_argument("--strict", action="store_true", help="stop at the first malformed line (exit 2)")
     p.add_argument("--report", help="also write the summary as JSON here")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")

@@ -40,6 +40,10 @@ to token-level rules over a language-agnostic tokenizer, and the result's ``meta
 (``recursion`` needs scopes and has no fallback form.) Markdown answers (the usual shape of
 instruction-tuning data) are handled block by block: each fenced code block is parsed with
 ``ast`` when it is Python and with the fallback otherwise; prose outside the blocks gets no spans.
+
+``target_rho=`` keeps only the most informative spans up to a density budget: conditions first,
+then return values, recursion, updates, index arithmetic and iterables
+(:mod:`dllm_masks.extract.budget`).
 """
 from __future__ import annotations
 
@@ -47,6 +51,7 @@ import ast
 import re
 from typing import Dict, Iterable, List, Optional, Sequence, Tuple
 
+from .budget import PRIORITY, budget_spans, check_target_rho
 from .spans import Spans, check_rules, merge_spans
 
 __all__ = ["code_spans", "fallback_spans", "RULES", "FALLBACK_RULES"]
@@ -477,17 +482,22 @@ def fallback_spans(text: str, rules: Optional[Iterable[str]] = None) -> List[Tup
 
     Linear in the length of ``text`` (every walk is bounded); never raises on a string.
     """
-    rules = set(check_rules("rules", rules, FALLBACK_RULES))
+    return [(s, e) for s, e, _ in _fallback_labelled(text, check_rules("rules", rules, FALLBACK_RULES))]
+
+
+def _fallback_labelled(text: str, rules: Sequence[str]) -> List[Tuple[int, int, str]]:
+    """(start, end, rule) spans of the fallback rules (validated names), in discovery order."""
+    rules = set(rules)
     toks = _tokenize(text)
     partner = _match_brackets(toks)
-    out: List[Tuple[int, int]] = []
+    out: List[Tuple[int, int, str]] = []
     arith = [0]  # arith[k]: arithmetic operators among toks[:k]
     for t in toks:
         arith.append(arith[-1] + (t.kind == "op" and t.text in _INDEX_ARITH))
 
-    def emit(a: int, b: int) -> None:
+    def emit(a: int, b: int, rule: str) -> None:
         if 0 <= a <= b < len(toks):
-            out.append((toks[a].start, toks[b].end))
+            out.append((toks[a].start, toks[b].end, rule))
 
     for i, t in enumerate(toks):
         if t.kind == "id":
@@ -495,21 +505,21 @@ def fallback_spans(text: str, rules: Optional[Iterable[str]] = None) -> List[Tup
             if w in _COND_KW and "condition" in rules:
                 r = _header(toks, partner, i)
                 if r:
-                    emit(*r)
+                    emit(*r, "condition")
             elif w in _LOOP_KW and "iterable" in rules:
                 r = _header(toks, partner, i)
                 if r:
-                    emit(*r)
+                    emit(*r, "iterable")
             elif w in _RET_KW and "return" in rules:
                 r = _statement_tail(toks, partner, i)
                 if r:
-                    emit(*r)
+                    emit(*r, "return")
             elif w in ("and", "or") and "condition" in rules:
-                emit(_walk_left(toks, partner, i - 1), _walk_right(toks, partner, i + 1))
+                emit(_walk_left(toks, partner, i - 1), _walk_right(toks, partner, i + 1), "condition")
             elif w == "not" and "condition" in rules:
                 b = _walk_right(toks, partner, i + 1)
                 if b > i:
-                    emit(i, b)
+                    emit(i, b, "condition")
             continue
         if t.kind != "op":
             continue
@@ -519,25 +529,25 @@ def fallback_spans(text: str, rules: Optional[Iterable[str]] = None) -> List[Tup
                 and text[t.start - 1].isspace() and text[t.end].isspace())):
             a, b = _walk_left(toks, partner, i - 1), _walk_right(toks, partner, i + 1)
             if a < i or b > i:
-                emit(a, b)
+                emit(a, b, "condition")
         elif op == "!" and "condition" in rules and i + 1 < len(toks) and toks[i + 1].start == t.end:
             b = _walk_right(toks, partner, i + 1)
             if b > i:
-                emit(i, b)
+                emit(i, b, "condition")
         elif "update" in rules and op in _COMPOUND:
             a = _walk_left(toks, partner, i - 1)
             b = _walk_right(toks, partner, i + 1)
             if a < i and b > i:
-                emit(a, b)
+                emit(a, b, "update")
         elif "update" in rules and op in ("++", "--"):
             if i > 0 and toks[i - 1].end == t.start and (_is_atom(toks[i - 1]) or toks[i - 1].text in (")", "]")):
-                emit(_walk_left(toks, partner, i - 1), i)       # x++
+                emit(_walk_left(toks, partner, i - 1), i, "update")       # x++
             elif i + 1 < len(toks) and toks[i + 1].start == t.end and toks[i + 1].kind == "id":
-                emit(i, _walk_right(toks, partner, i + 1))      # ++x
+                emit(i, _walk_right(toks, partner, i + 1), "update")      # ++x
         elif "index" in rules and op == "[" and partner[i] > i and i > 0 and (
                 toks[i - 1].kind == "id" or toks[i - 1].text in (")", "]")) and toks[i - 1].end == t.start:
             if arith[partner[i]] - arith[i + 1] > 0:  # arithmetic inside the brackets
-                emit(_walk_left_subscript(toks, partner, i - 1), partner[i])
+                emit(_walk_left_subscript(toks, partner, i - 1), partner[i], "index")
     return out
 
 
@@ -564,13 +574,13 @@ def _python_like(lang: str) -> bool:
 
 
 def _parse_region(text: str, rules: Sequence[str], fb_rules: Sequence[str], parsed=None):
-    """(spans, method, error, how) for one region of code, trying ast then the fallback.
+    """(labelled spans, method, error, how) for one region of code, trying ast then the fallback.
 
     ``parsed``: the (tree, error) of ``_parse(text)`` when the caller has it already.
     """
     tree, err = parsed if parsed is not None else _parse(text)
     if tree is not None:
-        return [(s, e) for s, e, _ in _tree_spans(tree, text, rules)], "ast", None, "source"
+        return _tree_spans(tree, text, rules), "ast", None, "source"
     first = next((ln for ln in text.splitlines() if ln.strip()), "")
     if first[:1] in (" ", "\t"):
         # an indented function body (e.g. a HumanEval solution without its prompt): parse it
@@ -578,12 +588,13 @@ def _parse_region(text: str, rules: Sequence[str], fb_rules: Sequence[str], pars
         header = "def _body_():\n"
         tree2, _ = _parse(header + text)
         if tree2 is not None:
-            spans = [(s - len(header), e - len(header)) for s, e, _ in _tree_spans(tree2, header + text, rules)]
+            spans = [(s - len(header), e - len(header), r) for s, e, r in _tree_spans(tree2, header + text, rules)]
             return spans, "ast", None, "wrapped"
-    return fallback_spans(text, fb_rules), "fallback", err, "fallback"
+    return _fallback_labelled(text, fb_rules), "fallback", err, "fallback"
 
 
-def code_spans(source: str, *, prefix: str = "", rules: Optional[Iterable[str]] = None) -> Spans:
+def code_spans(source: str, *, prefix: str = "", rules: Optional[Iterable[str]] = None,
+               target_rho: Optional[float] = None, measure=None) -> Spans:
     """Information-dense character spans of code.
 
     Parameters
@@ -598,6 +609,13 @@ def code_spans(source: str, *, prefix: str = "", rules: Optional[Iterable[str]] 
     rules : iterable of str, optional
         Subset of :data:`RULES` to apply (default: all). The fallback applies the same names where
         it has them (see :data:`FALLBACK_RULES`).
+    target_rho : float in (0, 1], optional
+        Density budget (:mod:`dllm_masks.extract.budget`): keep the spans of the highest priority
+        (conditions, then return values, then recursion, updates, index arithmetic, iterables)
+        while they cover at most this share of ``source``. None (default): keep every span.
+    measure : callable, optional
+        Unit of the budget: characters (default) or
+        :func:`~dllm_masks.extract.budget.token_measure` of ``source``'s token offsets.
 
     Returns
     -------
@@ -608,12 +626,16 @@ def code_spans(source: str, *, prefix: str = "", rules: Optional[Iterable[str]] 
         parsed: ``"prefix+source"``, ``"source"``, ``"wrapped"`` (an indented body inside a dummy
         ``def``), ``"blocks"`` (fenced blocks) or ``"fallback"``; ``rules``; ``error`` — the
         syntax error that sent (part of) the text to the fallback, else None; with blocks,
-        ``blocks`` — a list of ``{"start", "end", "lang", "method"}``.
+        ``blocks`` — a list of ``{"start", "end", "lang", "method"}``; with ``target_rho``,
+        ``budget`` — what :func:`~dllm_masks.extract.budget.budget_spans` reports.
 
     Raises
     ------
     TypeError
-        ``source`` or ``prefix`` is not a str. Never raises on the content of a str.
+        ``source`` or ``prefix`` is not a str; ``target_rho`` is not a number. Never raises on
+        the content of a str.
+    ValueError
+        ``target_rho`` is not in (0, 1].
 
     Examples
     --------
@@ -621,12 +643,25 @@ def code_spans(source: str, *, prefix: str = "", rules: Optional[Iterable[str]] 
     >>> s = code_spans(src)
     >>> s.texts(src), s.meta["method"]
     (['n < 2', 'n', 'f(n - 1) + f(n - 2)'], 'ast')
+    >>> code_spans(src, target_rho=0.2).texts(src)  # the condition, then the shorter return value
+    ['n < 2', 'n']
     """
     if not isinstance(source, str):
         raise TypeError(f"source: expected a str, got {type(source).__name__}")
     if not isinstance(prefix, str):
         raise TypeError(f"prefix: expected a str, got {type(prefix).__name__}")
     rules = check_rules("rules", rules, RULES)
+    target = check_target_rho(target_rho)
+    labelled, meta = _labelled(source, prefix, rules)
+    if target is None:
+        return Spans(merge_spans(((s, e) for s, e, _ in labelled), hi=len(source)), meta)
+    kept, meta["budget"] = budget_spans(labelled, len(source), target, priority=PRIORITY["code"], measure=measure)
+    return Spans(kept, meta)
+
+
+def _labelled(source: str, prefix: str, rules: Sequence[str]) -> Tuple[List[Tuple[int, int, str]], dict]:
+    """(start, end, rule) spans of ``source`` (not merged, possibly reaching outside it) and the
+    meta of :func:`code_spans`; arguments already validated."""
     fb_rules = [r for r in rules if r in FALLBACK_RULES]
     meta = {"rules": list(rules), "error": None}
 
@@ -634,16 +669,15 @@ def code_spans(source: str, *, prefix: str = "", rules: Optional[Iterable[str]] 
         tree, _ = _parse(prefix + source)
         if tree is not None:
             P = len(prefix)
-            spans = [(s - P, e - P) for s, e, _ in _tree_spans(tree, prefix + source, rules)]
             meta.update(method="ast", parsed="prefix+source")
-            return Spans(merge_spans(spans, lo=0, hi=len(source)), meta)
+            return [(s - P, e - P, r) for s, e, r in _tree_spans(tree, prefix + source, rules)], meta
 
     parsed = _parse(source)
     blocks = [] if parsed[0] is not None else list(_FENCE.finditer(source))
     if not blocks:
         spans, method, e, how = _parse_region(source, rules, fb_rules, parsed)
         meta.update(method=method, parsed=how, error=e)
-        return Spans(merge_spans(spans, hi=len(source)), meta)
+        return spans, meta
 
     spans, methods, errors, info = [], set(), [], []
     for m in blocks:
@@ -651,13 +685,12 @@ def code_spans(source: str, *, prefix: str = "", rules: Optional[Iterable[str]] 
         if _python_like(lang):
             sp, method, e, _ = _parse_region(body, rules, fb_rules)
         else:
-            sp, method, e = fallback_spans(body, fb_rules), "fallback", f"language {lang!r} is not Python"
-        spans.extend((s + off, t + off) for s, t in sp)
+            sp, method, e = _fallback_labelled(body, fb_rules), "fallback", f"language {lang!r} is not Python"
+        spans.extend((s + off, t + off, r) for s, t, r in sp)
         methods.add(method)
         if e:
             errors.append(e)
         info.append({"start": off, "end": off + len(body), "lang": lang, "method": method})
     method = methods.pop() if len(methods) == 1 else "mixed"
     meta.update(method=method, parsed="blocks", blocks=info, error="; ".join(errors) or None)
-    return Spans(merge_spans(spans, hi=len(source)), meta)
-
+    return spans, meta

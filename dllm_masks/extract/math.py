@@ -22,12 +22,17 @@ the information-dense hubs of math. :func:`math_spans` finds them with rules (ch
 
 When none of the rules finds anything in a text that has numbers, the result falls back to the
 numbers themselves (with ``$``/``%`` and a sign), and ``meta["method"]`` says ``"fallback"``.
+
+``target_rho=`` keeps only the most informative spans up to a density budget: final answers,
+then results, calculator annotations, equations, and operations (operands) last
+(:mod:`dllm_masks.extract.budget`).
 """
 from __future__ import annotations
 
 import re
 from typing import Dict, Iterable, List, Optional, Tuple
 
+from .budget import PRIORITY, budget_spans, check_target_rho
 from .spans import Spans, check_rules, merge_spans
 
 __all__ = ["math_spans", "RULES", "detect_format"]
@@ -68,6 +73,7 @@ _LATEX_SEG = re.compile(
     re.S)
 _INLINE_DOLLAR_GROUP = 7
 _RELATION = re.compile(r"[=<>≤≥≠≈]|\\(?:le|ge|leq|geq|neq|ne|approx|equiv|sim|cong|lt|gt|Rightarrow|implies)\b")
+_RESULT = re.compile(rf"=[ \t]*(\$?(?:{_NUM})%?)$")  # the number after an equation's last `=`
 _OPERATION = re.compile(r"[-+*/^×÷]|\\(?:times|cdot|div|frac|dfrac|tfrac|sqrt|sum|prod|int|binom|pm|mp)\b")
 
 
@@ -194,7 +200,47 @@ def _strip(text: str, s: int, e: int) -> Tuple[int, int]:
     return s, e
 
 
-def math_spans(text: str, *, rules: Optional[Iterable[str]] = None) -> Spans:
+def _labelled(text: str, rules, fmt: str) -> List[Tuple[int, int, str]]:
+    """(start, end, kind) spans of the rules, kinds as in :data:`dllm_masks.extract.budget.PRIORITY`.
+
+    Their union is the union of the rules' spans: a calculator match splits into its annotation
+    (``calculator``) and the result written after it (``result``); a prose equation is an
+    ``equation`` when it holds ``=`` or an annotation, else an ``operation``, and the number after
+    its last ``=`` is also a ``result``; LaTeX segments are ``equation`` with a relation, else
+    ``operation``.
+    """
+    out: List[Tuple[int, int, str]] = []
+    if "calculator" in rules:
+        for m in _CALC.finditer(text):
+            mid = text.index(">>", m.start()) + 2
+            out.append((m.start(), mid, "calculator"))
+            out.append((mid, m.end(), "result"))
+    if "equation" in rules:
+        eqs = _equations(text)
+        if fmt == "latex":  # there `$` delimits math; it is not a dollar sign
+            eqs = [(s + (text[s] == "$"), e) for s, e in eqs]
+        for s, e in eqs:
+            body = text[s:e]
+            out.append((s, e, "equation" if ("=" in body or "<<" in body) else "operation"))
+            r = _RESULT.search(body)
+            if r:
+                out.append((s + r.start(1), s + r.end(1), "result"))
+    if "final" in rules:
+        out += [(*m.span(1), "final") for m in _FINAL.finditer(text)]
+        out += [(*m.span(1), "final") for m in _ANSWER_IS.finditer(text)]
+        out += [(s, e, "final") for s, e in _boxed(text)]
+    if "latex" in rules and fmt == "latex":
+        for m in _LATEX_SEG.finditer(text):
+            body_group = next(i for i in (1, 2, 3, 6, _INLINE_DOLLAR_GROUP) if m.group(i) is not None)
+            body = m.group(body_group)
+            if _RELATION.search(body) or _OPERATION.search(body):
+                kind = "equation" if _RELATION.search(body) else "operation"
+                out.append((*_strip(text, *m.span(body_group)), kind))
+    return out
+
+
+def math_spans(text: str, *, rules: Optional[Iterable[str]] = None, target_rho: Optional[float] = None,
+               measure=None) -> Spans:
     """Information-dense character spans of a math solution.
 
     Parameters
@@ -204,6 +250,13 @@ def math_spans(text: str, *, rules: Optional[Iterable[str]] = None) -> Spans:
         (MATH style, ``\\boxed{}``), or plain text.
     rules : iterable of str, optional
         Subset of :data:`RULES` to apply (default: all).
+    target_rho : float in (0, 1], optional
+        Density budget (:mod:`dllm_masks.extract.budget`): keep the spans of the highest priority
+        (final answers and results, then annotations and equations, then operations) while they
+        cover at most this share of ``text``. None (default): keep every span.
+    measure : callable, optional
+        Unit of the budget: characters (default) or
+        :func:`~dllm_masks.extract.budget.token_measure` of ``text``'s token offsets.
 
     Returns
     -------
@@ -211,12 +264,15 @@ def math_spans(text: str, *, rules: Optional[Iterable[str]] = None) -> Spans:
         Sorted, merged half-open ``(start, end)`` character offsets into ``text``. ``meta``:
         ``method`` — ``"rules"``, or ``"fallback"`` when the rules found nothing and the numbers
         were marked instead; ``format`` — :func:`detect_format`'s verdict; ``rules``;
-        ``error`` — why the fallback served, else None.
+        ``error`` — why the fallback served, else None; with ``target_rho``, ``budget`` — what
+        :func:`~dllm_masks.extract.budget.budget_spans` reports (``rho``, ``kept``, ...).
 
     Raises
     ------
     TypeError
-        ``text`` is not a str. Never raises on the content of a str.
+        ``text`` is not a str; ``target_rho`` is not a number. Never raises on the content of a str.
+    ValueError
+        ``target_rho`` is not in (0, 1].
 
     Examples
     --------
@@ -224,32 +280,27 @@ def math_spans(text: str, *, rules: Optional[Iterable[str]] = None) -> Spans:
     >>> s = math_spans(t)
     >>> s.texts(t)
     ['48/2 = <<48/2=24>>24', '24']
+    >>> math_spans(t, target_rho=0.3).texts(t)  # results, then the annotation; not the operands
+    ['<<48/2=24>>24', '24']
     """
     if not isinstance(text, str):
         raise TypeError(f"text: expected a str, got {type(text).__name__}")
     rules = check_rules("rules", rules, RULES)
+    target = check_target_rho(target_rho)
+    labelled, meta = _labelled_all(text, rules)
+    if target is None:
+        return Spans(merge_spans(((s, e) for s, e, _ in labelled), hi=len(text)), meta)
+    kept, meta["budget"] = budget_spans(labelled, len(text), target, priority=PRIORITY["math"], measure=measure)
+    return Spans(kept, meta)
+
+
+def _labelled_all(text: str, rules) -> Tuple[List[Tuple[int, int, str]], dict]:
+    """(start, end, kind) spans of :func:`math_spans` (the numbers when the rules find nothing)
+    and its meta; arguments already validated."""
     fmt = detect_format(text)
-    spans: List[Tuple[int, int]] = []
-    if "calculator" in rules:
-        spans += [m.span() for m in _CALC.finditer(text)]
-    if "equation" in rules:
-        eqs = _equations(text)
-        if fmt == "latex":  # there `$` delimits math; it is not a dollar sign
-            eqs = [(s + (text[s] == "$"), e) for s, e in eqs]
-        spans += eqs
-    if "final" in rules:
-        spans += [m.span(1) for m in _FINAL.finditer(text)]
-        spans += [m.span(1) for m in _ANSWER_IS.finditer(text)]
-        spans += _boxed(text)
-    if "latex" in rules and fmt == "latex":
-        for m in _LATEX_SEG.finditer(text):
-            body_group = next(i for i in (1, 2, 3, 6, _INLINE_DOLLAR_GROUP) if m.group(i) is not None)
-            body = m.group(body_group)
-            if _RELATION.search(body) or _OPERATION.search(body):
-                spans.append(_strip(text, *m.span(body_group)))
+    labelled = _labelled(text, rules, fmt)
     meta = {"method": "rules", "format": fmt, "rules": list(rules), "error": None}
-    merged = merge_spans(spans, hi=len(text))
-    if not merged and text.strip():
-        merged = merge_spans((m.span() for m in _NUMBER.finditer(text)), hi=len(text))
+    if not merge_spans(((s, e) for s, e, _ in labelled), hi=len(text)) and text.strip():
+        labelled = [(*m.span(), "number") for m in _NUMBER.finditer(text)]
         meta.update(method="fallback", error="no operation, equation or final answer found; marked the numbers")
-    return Spans(merged, meta)
+    return labelled, meta

@@ -57,6 +57,11 @@ class DataConfig:
         ``{"code": 0.1, "math": 0.5}``: annotate that seeded fraction of each domain with the
         rule extractors (:mod:`dllm_masks.extract`), and drop the spans of the other samples.
         None: use the spans the data carries.
+    target_rho : float or dict, optional
+        Density budget of the annotated samples' rule spans, measured in answer tokens
+        (:mod:`dllm_masks.extract.budget`): a share in (0, 1], or ``{"code": .., "math": ..}``.
+        Needs ``annotate``. ``python -m dllm_masks.extract.calibrate`` finds the budget that
+        reproduces a mean ρ. None: every rule span.
     """
 
     source: Union[str, List[Any]] = "bundled"
@@ -73,6 +78,7 @@ class DataConfig:
     batch_size: int = 16
     num_workers: int = 0
     annotate: Optional[Dict[str, float]] = None
+    target_rho: Optional[Union[float, Dict[str, float]]] = None
 
     def __post_init__(self):
         if not 0.0 <= float(self.eval_fraction) < 1.0:
@@ -90,6 +96,13 @@ class DataConfig:
             for k, v in self.annotate.items():
                 if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0.0 <= v <= 1.0:
                     raise ValueError(f"data.annotate: fraction of {k!r} must be in [0, 1], got {v!r}")
+        if self.target_rho is not None:
+            from ..extract.budget import target_for
+
+            if self.annotate is None:
+                raise ValueError("data.target_rho: needs data.annotate (the budget selects among rule spans)")
+            for dom in ("code", "math"):
+                target_for(self.target_rho, dom, "data.target_rho")
 
 
 @dataclass
