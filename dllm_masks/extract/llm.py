@@ -9,7 +9,8 @@ SGLang, llama.cpp's server, hosted APIs) with the standard library's ``http.clie
 * alignment of each quote back to character offsets (:func:`align_quotes`): exact first (from
   where the previous quote ended, then anywhere), then whitespace-insensitive, then a bounded
   fuzzy match; quotes that match nothing are dropped and counted;
-* a thread pool for concurrency, a per-socket-operation timeout, retries with exponential
+* a thread pool for concurrency, a per-socket-operation timeout, a deadline for each whole
+  request and a cap on the size of a reply, retries with exponential
   backoff and jitter on 429, 5xx, timeouts, dropped connections and malformed responses,
   honouring ``Retry-After``;
 * a resumable JSONL cache keyed by a hash of (prompt version, model, domain, prompt, answer): a
