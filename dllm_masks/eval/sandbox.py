@@ -35,21 +35,38 @@ Two isolation levels (``isolation=``):
     set to the current count plus ``max_processes`` (approximate).
 
 In both levels: ``RLIMIT_CPU`` per process (SIGXCPU, then SIGKILL a second later),
-``RLIMIT_AS`` (address space: allocations fail with ``MemoryError``), ``RLIMIT_FSIZE`` (per file,
+``RLIMIT_AS`` per process (address space: allocations fail with ``MemoryError``), a watchdog in the
+evaluator that sums the proportional set size of the sandbox's whole process tree every 40 ms and
+kills the tree once it exceeds ``memory_mb`` (scored ``"memory"``), ``RLIMIT_FSIZE`` (per file,
 stdout and stderr included), ``RLIMIT_NOFILE``, no core dumps, stdin from ``/dev/null``, an
 environment of ``PATH``, ``HOME`` and ``TMPDIR`` (both the working directory), a UTF-8 locale and
 one-thread BLAS settings only, no file descriptors inherited beyond the standard three and the two
-private channels (the program's source comes through one, the outcome goes back through the
-other), stdout and stderr captured in unlinked temporary files and truncated, and parent-death
+private channels (the program's source comes through one, emptied once read; the outcome goes
+back through the other), stdout and stderr captured in unlinked temporary files and truncated, and parent-death
 signals so that a killed evaluator takes its sandboxes with it. On expiry of the wall clock the
 whole process group is killed with SIGKILL; after a normal exit it is killed as well, so that
 background children do not survive the run. The working directory is deleted afterwards.
 
+The verdict: the outcome channel is a Unix ``SOCK_SEQPACKET`` socket (its peer cannot be reopened
+through ``/proc``, nor read from the sandbox's end), and the evaluator accepts only the first
+outcome and exit records whose HMAC-SHA256 under a per-run random key is right. The key reaches the
+sandbox in the payload file, which the supervisor empties before the program starts; it lives in
+the worker's memory (in a closure bound before the program runs) and in the supervisor's, which is
+not dumpable (other processes of its uid cannot read its memory or descriptors). Writing to every
+descriptor, reopening them, or replacing module attributes and builtins therefore cannot produce
+an accepted record. The test runs with a snapshot of the builtins taken before the program ran,
+and each value the entry point returns is refused (scored ``"failed"``) if it holds, directly or in
+built-in containers, an instance of a class whose ``__eq__`` or ``__ne__`` is written in Python
+(other than ``collections.Counter`` and ``OrderedDict``).
+
 Not enforced: total disk use (a program may write many files of up to ``file_mb`` each until it is
 stopped; files written outside the working directory, e.g. in ``/tmp`` or ``/dev/shm``, are not
-removed), reads of files the sandbox user may read, and a program that deliberately inspects the
-interpreter to forge its own report (the sandbox protects the evaluator and the machine, not the
-score against an adversary).
+removed), reads of files the sandbox user may read, and a program that inspects its own interpreter
+(frames, ``gc``, ``ctypes``, ``/proc/self/mem``) to find the key or the test's objects, or that
+changes attributes of modules the test imports (e.g. ``math.isclose``), or that returns values
+whose other special methods (``__str__``, ``__lt__``, ``__len__``...) lie: the sandbox protects the
+evaluator and the machine, and makes a forged pass need such deliberate work; it does not make the
+score safe against an adversary who does it (docs/evaluation-safety.md lists what is tested).
 """
 from __future__ import annotations
 
@@ -370,9 +387,10 @@ class ExecResult:
     ----------
     status : str
         ``"passed"`` (every test passed), ``"failed"`` (a test failed, the program raised, was
-        killed by a signal or exited before the tests finished, or the entry point is missing),
+        killed by a signal or exited before the tests finished, the entry point is missing, or it
+        returned a value that compares with a method of its own),
         ``"timeout"`` (wall-clock or CPU-time limit), ``"memory"`` (memory limit: an allocation
-        failed), ``"syntax"`` (the program does not compile) or ``"error"`` (the evaluator could
+        failed, or the processes together held more than ``memory_mb``), ``"syntax"`` (the program does not compile) or ``"error"`` (the evaluator could
         not judge the program: the test code does not compile or defines no ``check``, the
         sandbox failed to start, or the evaluation was interrupted).
     passed : bool
@@ -434,8 +452,10 @@ class SandboxLimits:
     timeout : float
         Wall-clock seconds, > 0 (at most one day). The run is killed when they are over.
     memory_mb : int
-        Address-space limit (``RLIMIT_AS``) of the worker in MiB, >= 64. The interpreter itself
-        takes about 20 MiB of it.
+        Memory of the whole sandbox in MiB, >= 64: the address-space limit (``RLIMIT_AS``) of each
+        of its processes, and the bound on their summed proportional set size (checked every
+        40 ms; the tree is killed and the run scored ``"memory"`` once it is over). The
+        interpreter itself takes about 20 MiB of it.
     cpu_seconds : int or None
         CPU-time limit (``RLIMIT_CPU``) of each process in seconds, >= 1; None: ``ceil(timeout)``.
     file_mb : int
