@@ -130,3 +130,11 @@ def test_memory_below_the_bound_in_several_processes_passes(mode):
     r = run_program(program, SQUARE_TEST, "square", timeout=20.0, memory_mb=512, max_processes=16,
                     isolation=mode)
     assert r.status == "passed", (r.status, r.detail, r.stderr)
+
+
+def test_memory_watchdog_without_per_task_children_lists(monkeypatch):
+    """Where the kernel lists no children per task, the tree comes from a scan of /proc."""
+    monkeypatch.setattr(sandbox, "_CHILDREN_FILES", False)
+    r = run_program(SPREAD, SQUARE_TEST, "square", timeout=20.0, memory_mb=256, max_processes=16,
+                    isolation="process")
+    assert r.status == "memory", (r.status, r.detail, r.stderr)

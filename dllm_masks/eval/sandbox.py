@@ -132,8 +132,14 @@ def _sealer(key: bytes):
     """``seal(fields) -> bytes``: one line ``MAC FIELD...`` (fields hex-encoded UTF-8) whose MAC
     is HMAC-SHA256 under ``key``. Everything it calls is bound here, before the program runs, so
     that replacing module attributes or builtins later cannot change what it writes."""
-    import hashlib
-    sha, enc, hexify, join = hashlib.sha256, str.encode, bytes.hex, b" ".join
+    try:  # the builtin SHA-256 module: hashlib would load OpenSSL, tens of milliseconds per run
+        from _sha2 import sha256 as sha  # Python >= 3.12
+    except ImportError:
+        try:
+            from _sha256 import sha256 as sha
+        except ImportError:
+            from hashlib import sha256 as sha
+    enc, hexify, join = str.encode, bytes.hex, b" ".join
     k = key.ljust(64, b"\0")
     xor_in, xor_out = bytes(b ^ 0x36 for b in k), bytes(b ^ 0x5C for b in k)
 
@@ -796,8 +802,25 @@ def _rss_bytes(pid: int) -> int:
         return 0
 
 
+def _children_by_scan() -> dict:
+    """{ppid: [pid, ...]} of every process, from ``/proc/PID/stat`` (where the kernel does not
+    list children per task)."""
+    out: dict = {}
+    for d in os.listdir("/proc"):
+        if d.isdigit():
+            try:
+                with open(f"/proc/{d}/stat", "rb") as f:
+                    stat = f.read()
+                ppid = int(stat[stat.rfind(b")") + 2:].split()[1])
+            except (OSError, ValueError, IndexError):
+                continue
+            out.setdefault(ppid, []).append(int(d))
+    return out
+
+
 def _tree_memory(root: int) -> int:
     """Bytes held by ``root`` and all its descendants (see :func:`_rss_bytes`)."""
+    by_parent = None if _CHILDREN_FILES else _children_by_scan()
     total, stack, seen = 0, [root], set()
     while stack:
         pid = stack.pop()
@@ -806,7 +829,7 @@ def _tree_memory(root: int) -> int:
         seen.add(pid)
         total += _rss_bytes(pid)
         try:
-            stack.extend(_children(pid))
+            stack.extend(_children(pid) if by_parent is None else by_parent.get(pid, ()))
         except (OSError, ValueError):
             continue
     return total
@@ -814,7 +837,8 @@ def _tree_memory(root: int) -> int:
 
 _PAGE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
 _WATCH_INTERVAL = 0.04  # seconds between two measurements of the process tree's memory
-_WATCHDOG = os.path.exists(f"/proc/{os.getpid()}/task/{os.getpid()}/children")
+_CHILDREN_FILES = os.path.exists(f"/proc/{os.getpid()}/task/{os.getpid()}/children")
+_WATCHDOG = os.path.isdir("/proc/self")
 
 
 def _wait(proc: subprocess.Popen, deadline: float, stop, uid: Optional[int], channel: "_Channel",
