@@ -131,7 +131,7 @@ def kernel_for(backend: Optional[str], device: torch.device):
             if _cpp is None:
                 raise RuntimeError(f"{name}: 'cpp' requested but the C++ extension is not available ({_cpp_error}); "
                                    "reinstall without DLLM_MASKS_SKIP_CPP=1")
-            fn = _cpp.priority_mask
+            fn = torch.ops.dllm_masks.priority_mask.default  # its CPU kernel is the C++ one; traceable
         else:
             if _load_triton() is None:
                 raise RuntimeError(f"{name}: 'triton' requested but the Triton kernels could not load ({_triton_error})")
@@ -200,9 +200,18 @@ def num_segments(cu_seqlens, block_size: Optional[int] = None) -> int:
     B = cu_seqlens.numel() - 1
     if block_size is None:
         return B
-    K = V.check_int("block_size", block_size, low=1)
-    lens = (cu_seqlens[1:] - cu_seqlens[:-1]).to(torch.int64)
-    return int(((lens + K - 1) // K).sum())
+    K = min(V.check_int("block_size", block_size, low=1), _MAX_BLOCK)
+    lens = cu_seqlens[1:].to(torch.int64) - cu_seqlens[:-1].to(torch.int64)
+    if bool((lens < 0).any()):
+        b = int(torch.nonzero(lens < 0)[0])
+        raise ValueError(f"cu_seqlens: must be non-decreasing, but cu_seqlens[{b + 1}] = {int(cu_seqlens[b + 1])} "
+                         f"< cu_seqlens[{b}] = {int(cu_seqlens[b])}")
+    return int(((lens - 1) // K + 1).sum())  # ceil(len / K), 0 for an empty sequence, without overflow
+
+
+# A block at least as long as any sequence is one block per sequence: larger block sizes are this
+# one (no sequence is longer than 2^31 - 1 tokens), so that they fit every kernel's integers.
+_MAX_BLOCK = 2**31 - 1
 
 
 def _as_i64(name: str, x) -> Union[int, torch.Tensor]:
@@ -211,7 +220,7 @@ def _as_i64(name: str, x) -> Union[int, torch.Tensor]:
         if x.numel() != 1:
             raise ValueError(f"{name}: expected a single integer, got shape {tuple(x.shape)}")
         return x.reshape(()).to(torch.int64)
-    x = V.check_int(name, x)
+    x = V.check_int(name, x, low=-(1 << 63), high=(1 << 64) - 1)  # an int64 or a uint64
     return (x + (1 << 63)) % (1 << 64) - (1 << 63)  # uint64 bits as an int64
 
 
@@ -292,9 +301,24 @@ def _sigma_tensor(sigma, dev) -> torch.Tensor:
         return sigma.detach().reshape(-1).to(torch.float32)
     if isinstance(sigma, bool) or not isinstance(sigma, (int, float)):
         raise TypeError(f"sigma: expected a float or a floating tensor, got {type(sigma).__name__}")
+    if torch.compiler.is_compiling():  # possibly symbolic: not checked (see priority_mask)
+        return torch.full((1,), sigma, dtype=torch.float32, device=dev)
     if math.isnan(sigma) or not 0.0 <= sigma <= 1.0:
         raise ValueError(f"sigma: must lie in [0, 1], got {sigma}")
     return torch.full((1,), float(sigma), dtype=torch.float32, device=dev)
+
+
+def _segment_count(B: int, K: int, cu: torch.Tensor, sig: torch.Tensor, check: bool) -> int:
+    """S: B per sequence; per block, σ's length when it has one value per segment (counted from
+    the offsets only when ``check``), else counted from the offsets on the host."""
+    if K == 0:
+        return B
+    if sig.numel() > 1 and not check:
+        return sig.numel()
+    if cu.device.type == "meta":
+        raise ValueError("sigma: with block_size, a single σ needs the segment count, which cannot be read from "
+                         "cu_seqlens on the meta device; give σ with one value per segment")
+    return num_segments(cu, K)
 
 
 def normalize(
@@ -344,24 +368,20 @@ def normalize(
     w = V.check_weight(weight)
     V.check_choice("sampling", sampling, ("bernoulli", "exact"))
     V.check_choice("loss_weight", loss_weight, tuple(LOSS_WEIGHT_MODES))
-    if not isinstance(complementary, bool):
-        raise TypeError(f"complementary: expected a bool, got {type(complementary).__name__}")
-    K = 0 if block_size is None else V.check_int("block_size", block_size, low=1)
+    complementary, validate = V.check_bool("complementary", complementary), V.check_bool("validate", validate)
+    K = 0 if block_size is None else min(V.check_int("block_size", block_size, low=1), _MAX_BLOCK)
     info = torch.iinfo(input_ids.dtype)
     mask_token_id = V.check_int("mask_token_id", mask_token_id, low=info.min, high=info.max)
     rng = _rng_pair(seed, seq_offset, dev)
     sig = _sigma_tensor(sigma, dev)
 
-    if K == 0:
-        S = B
-    elif sig.numel() > 1 and not validate:
-        S = sig.numel()
-    else:
-        S = num_segments(cu, K)
+    readable = V.host_readable(input_ids)
+    if validate and readable and cu_seqlens is not None:
+        V.check_cu_seqlens(cu_seqlens, T)  # in its own dtype: int64 offsets before their cast
+    S = _segment_count(B, K, cu, sig, validate and readable)
     if sig.numel() not in (1, S):
         raise ValueError(f"sigma: expected 1 or {S} values (one per segment), got {sig.numel()}")
-    if validate:
-        V.check_cu_seqlens(cu, T)
+    if validate and readable:
         V.check_sigma_values(sig)
         if prompt_lens is not None:
             V.check_prompt_lens(prompt_lens, cu)
@@ -427,7 +447,8 @@ def priority_mask(
     mask_token_id : int
         Id written at masked positions; must fit the dtype of ``input_ids``.
     cu_seqlens : torch.Tensor, int32 (or int64), [B+1], optional
-        Sequence offsets of a packed batch (``cu_seqlens[0] == 0``, non-decreasing, last == T).
+        Sequence offsets of a packed batch (``cu_seqlens[0] == 0``, non-decreasing, last == T);
+        int64 offsets are checked (``validate=True``) before they are cast to int32.
         None with a 1-D input: one sequence. Must be None for a padded input.
     prompt_lens : torch.Tensor, integer, [B], optional
         Prompt tokens (the first ``prompt_lens[b]`` of sequence b) are never masked.
@@ -444,12 +465,13 @@ def priority_mask(
         Append the complementary view (maskable and not masked); outputs double in length.
     block_size : int, optional
         One σ per block of this many positions (block diffusion), aligned to each sequence's
-        first token. None: one σ per sequence.
+        first token; a block longer than every sequence (any size up to any int) is one block per
+        non-empty sequence. None: one σ per sequence.
     seed : int or int64 tensor
-        Philox key (a uint64; negative ints are taken mod 2^64). A tensor (e.g. on the GPU) keeps
+        Philox key (a uint64; an int in [-2^63, 2^64), negative ones taken mod 2^64). A tensor (e.g. on the GPU) keeps
         CUDA-graph replays drawing fresh numbers when updated in place.
     seq_offset : int or int64 tensor
-        Sequence b is keyed ``seq_offset + b`` (e.g. ``step * B``). Ignored with ``sample_ids``.
+        Sequence b is keyed ``seq_offset + b`` (e.g. ``step * B``); an int in [-2^63, 2^64). Ignored with ``sample_ids``.
     sample_ids : torch.Tensor, integer, [B], optional
         Per-sequence keys: masks then do not depend on packing or order.
     loss_weight : {None, "sigma", "token"}
@@ -462,6 +484,14 @@ def priority_mask(
         ``seed`` and ``seq_offset`` are tensors on the device (Python ints are copied to the device
         on every call), ``cu_seqlens`` is given, and with ``block_size`` σ has one value per
         segment (a single σ needs the segment count, which is read from ``cu_seqlens``).
+
+        Rule for tensors without host data: while ``torch.compile`` traces
+        (``torch.compiler.is_compiling()``) and for tensors on the ``meta`` device, the checks that
+        read tensor data (offsets, σ range, prompt lengths) are skipped, as with ``validate=False``,
+        and so are the value checks of a float ``sigma`` or ``weight`` while tracing (they may be
+        symbolic); kinds, dtypes, shapes, devices and integer arguments are still checked. Validate
+        a batch eagerly once where its data is in doubt. On ``meta`` the outputs are the fake
+        kernel's (shapes and dtypes); with ``block_size`` σ must then have one value per segment.
 
     Returns
     -------

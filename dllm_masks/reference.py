@@ -108,7 +108,7 @@ def priority_mask_ref(
 
     if block_size > 0:
         lens = cu[1:] - cu[:-1]
-        nblk = (lens + block_size - 1) // block_size
+        nblk = (lens - 1) // block_size + 1  # ceil(len / K), 0 for an empty sequence, without overflow
         bstart = torch.zeros(B + 1, dtype=torch.int64, device=dev)
         torch.cumsum(nblk, 0, out=bstart[1:])
         seg = bstart[seq] + pos // block_size

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 import numbers
+import sys
 from typing import Optional
 
 import torch
@@ -45,7 +46,27 @@ def check_int(name: str, x, *, low: Optional[int] = None, high: Optional[int] = 
     return x
 
 
+def check_bool(name: str, x) -> bool:
+    """A ``bool`` or a NumPy bool, as a ``bool``."""
+    if isinstance(x, bool):
+        return x
+    np = sys.modules.get("numpy")
+    if np is not None and isinstance(x, np.bool_):
+        return bool(x)
+    raise TypeError(f"{name}: expected a bool, got {type(x).__name__}")
+
+
+def host_readable(x: torch.Tensor) -> bool:
+    """Whether checks may read ``x``'s data on the host: not on the meta device (no data), and not
+    while ``torch.compile`` traces (a read would break the graph)."""
+    return x.device.type != "meta" and not torch.compiler.is_compiling()
+
+
 def check_weight(weight) -> float:
+    """``weight`` as a float in [0, inf]. While ``torch.compile`` traces, a Python float may be
+    symbolic: its value is then not checked (see :func:`dllm_masks.ops.priority_mask`)."""
+    if torch.compiler.is_compiling() and not isinstance(weight, torch.Tensor):
+        return weight
     if isinstance(weight, torch.Tensor):
         if weight.numel() != 1:
             raise ValueError(f"weight: expected a scalar, got shape {tuple(weight.shape)}")

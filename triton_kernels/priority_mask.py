@@ -476,7 +476,7 @@ def _segment_table(cu: torch.Tensor, T: int, K: int, S: int):
     dev = cu.device
     B = cu.numel() - 1
     cu64 = cu.to(torch.int64)
-    nblk = (cu64[1:] - cu64[:-1] + (K - 1)) // K
+    nblk = (cu64[1:] - cu64[:-1] - 1) // K + 1  # ceil(len / K), 0 for an empty sequence, without overflow
     seq = torch.repeat_interleave(torch.arange(B, device=dev, dtype=torch.int64), nblk, output_size=S)
     first_blk = torch.cumsum(nblk, 0) - nblk
     start = torch.empty(S + 1, dtype=torch.int64, device=dev)

@@ -54,8 +54,7 @@ class MaskConfig:
 
     def __post_init__(self):
         V.check_weight(self.weight)
-        if not isinstance(self.complementary, bool):
-            raise TypeError(f"mask.complementary: expected a bool, got {type(self.complementary).__name__}")
+        self.complementary = V.check_bool("mask.complementary", self.complementary)
         for name in ("sigma_low", "sigma_high"):
             x = getattr(self, name)
             if isinstance(x, bool) or not isinstance(x, (int, float)) or not 0.0 <= x <= 1.0:

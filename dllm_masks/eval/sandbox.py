@@ -35,21 +35,38 @@ Two isolation levels (``isolation=``):
     set to the current count plus ``max_processes`` (approximate).
 
 In both levels: ``RLIMIT_CPU`` per process (SIGXCPU, then SIGKILL a second later),
-``RLIMIT_AS`` (address space: allocations fail with ``MemoryError``), ``RLIMIT_FSIZE`` (per file,
+``RLIMIT_AS`` per process (address space: allocations fail with ``MemoryError``), a watchdog in the
+evaluator that sums the proportional set size of the sandbox's whole process tree every 40 ms and
+kills the tree once it exceeds ``memory_mb`` (scored ``"memory"``), ``RLIMIT_FSIZE`` (per file,
 stdout and stderr included), ``RLIMIT_NOFILE``, no core dumps, stdin from ``/dev/null``, an
 environment of ``PATH``, ``HOME`` and ``TMPDIR`` (both the working directory), a UTF-8 locale and
 one-thread BLAS settings only, no file descriptors inherited beyond the standard three and the two
-private channels (the program's source comes through one, the outcome goes back through the
-other), stdout and stderr captured in unlinked temporary files and truncated, and parent-death
+private channels (the program's source comes through one, emptied once read; the outcome goes
+back through the other), stdout and stderr captured in unlinked temporary files and truncated, and parent-death
 signals so that a killed evaluator takes its sandboxes with it. On expiry of the wall clock the
 whole process group is killed with SIGKILL; after a normal exit it is killed as well, so that
 background children do not survive the run. The working directory is deleted afterwards.
 
+The verdict: the outcome channel is a Unix ``SOCK_SEQPACKET`` socket (its peer cannot be reopened
+through ``/proc``, nor read from the sandbox's end), and the evaluator accepts only the first
+outcome and exit records whose HMAC-SHA256 under a per-run random key is right. The key reaches the
+sandbox in the payload file, which the supervisor empties before the program starts; it lives in
+the worker's memory (in a closure bound before the program runs) and in the supervisor's, which is
+not dumpable (other processes of its uid cannot read its memory or descriptors). Writing to every
+descriptor, reopening them, or replacing module attributes and builtins therefore cannot produce
+an accepted record. The test runs with a snapshot of the builtins taken before the program ran,
+and each value the entry point returns is refused (scored ``"failed"``) if it holds, directly or in
+built-in containers, an instance of a class whose ``__eq__`` or ``__ne__`` is written in Python
+(other than ``collections.Counter`` and ``OrderedDict``).
+
 Not enforced: total disk use (a program may write many files of up to ``file_mb`` each until it is
 stopped; files written outside the working directory, e.g. in ``/tmp`` or ``/dev/shm``, are not
-removed), reads of files the sandbox user may read, and a program that deliberately inspects the
-interpreter to forge its own report (the sandbox protects the evaluator and the machine, not the
-score against an adversary).
+removed), reads of files the sandbox user may read, and a program that inspects its own interpreter
+(frames, ``gc``, ``ctypes``, ``/proc/self/mem``) to find the key or the test's objects, or that
+changes attributes of modules the test imports (e.g. ``math.isclose``), or that returns values
+whose other special methods (``__str__``, ``__lt__``, ``__len__``...) lie: the sandbox protects the
+evaluator and the machine, and makes a forged pass need such deliberate work; it does not make the
+score safe against an adversary who does it (docs/evaluation-safety.md lists what is tested).
 """
 from __future__ import annotations
 
@@ -111,18 +128,101 @@ def _apply_limits(cfg: dict) -> None:
         setlim(resource.RLIMIT_NPROC, _user_tasks(os.getuid()) + cfg["nproc"] - 1)
 
 
+def _sealer(key: bytes):
+    """``seal(fields) -> bytes``: one line ``MAC FIELD...`` (fields hex-encoded UTF-8) whose MAC
+    is HMAC-SHA256 under ``key``. Everything it calls is bound here, before the program runs, so
+    that replacing module attributes or builtins later cannot change what it writes."""
+    try:  # the builtin SHA-256 module: hashlib would load OpenSSL, tens of milliseconds per run
+        from _sha2 import sha256 as sha  # Python >= 3.12
+    except ImportError:
+        try:
+            from _sha256 import sha256 as sha
+        except ImportError:
+            from hashlib import sha256 as sha
+    enc, hexify, join = str.encode, bytes.hex, b" ".join
+    k = key.ljust(64, b"\0")
+    xor_in, xor_out = bytes(b ^ 0x36 for b in k), bytes(b ^ 0x5C for b in k)
+
+    def seal(fields) -> bytes:
+        body = join([enc(hexify(enc(f, "utf-8", "backslashreplace")), "ascii") for f in fields])
+        mac = sha(xor_out + sha(xor_in + body).digest()).digest()
+        return enc(hexify(mac), "ascii") + b" " + body + b"\n"
+
+    return seal
+
+
+def _set_dumpable(flag: int) -> None:
+    """prctl(PR_SET_DUMPABLE): a non-dumpable process's memory and descriptors cannot be read
+    through /proc by other processes of its user (Linux; best effort)."""
+    if sys.platform.startswith("linux"):
+        with contextlib.suppress(Exception):
+            import ctypes
+            ctypes.CDLL(None, use_errno=True).prctl(4, flag, 0, 0, 0)  # PR_SET_DUMPABLE
+
+
+def _plain_result_check(trusted):
+    """``find(value) -> str | None``: says why ``value`` may not be judged by the test, i.e. it holds
+    (in itself or in a built-in container, up to 100,000 objects deep) an instance of a class whose
+    equality (``__eq__`` or ``__ne__``) is written in Python and is not one of ``trusted``."""
+    mro_of = type.__dict__["__mro__"].__get__
+    dict_of = type.__dict__["__dict__"].__get__
+    flags_of = type.__dict__["__flags__"].__get__  # not c.__flags__: a metaclass could shadow it
+    heap_flag = 1 << 9  # Py_TPFLAGS_HEAPTYPE: a class created by a class statement or type()
+    containers = (list, tuple, set, frozenset)
+    subclass, typeof, it, any_ = issubclass, type, iter, any
+    dkeys, dvalues = dict.keys, dict.values
+
+    def own_comparison(t):
+        for name in ("__eq__", "__ne__"):
+            for c in mro_of(t):  # the real method resolution order, as the interpreter walks it
+                if name in dict_of(c):
+                    if flags_of(c) & heap_flag and not any_(c is x for x in trusted):
+                        return f"{type.__dict__['__qualname__'].__get__(c)}.{name}"
+                    break
+        return None
+
+    def find(value):
+        stack, seen = [value], 0
+        while stack and seen < 100_000:
+            v = stack.pop()
+            seen += 1
+            t = typeof(v)
+            if flags_of(t) & heap_flag:
+                bad = own_comparison(t)
+                if bad is not None:
+                    return f"the result compares with a method of its own ({bad}); results must be plain values"
+            if subclass(t, dict):
+                stack.extend(it(dkeys(v)))
+                stack.extend(it(dvalues(v)))
+            else:
+                for base in containers:
+                    if subclass(t, base):
+                        stack.extend(base.__iter__(v))
+                        break
+        return None
+
+    return find
+
+
 def _worker(cfg: dict, status_fd: int) -> None:
-    # Bind what the report needs before the program can replace it.
-    write, dumps, exit_, fmt, getpid = os.write, json.dumps, os._exit, _format_exception, os.getpid
+    # Bind what the report needs before the program can replace it (module attributes, builtins).
+    seal = _sealer(bytes.fromhex(cfg.pop("key")))
+    write, exit_, fmt, getpid = os.write, os._exit, _format_exception, os.getpid
+    exec_, callable_, compile_, dict_ = exec, callable, compile, dict
     me = getpid()
+    _set_dumpable(1)  # the supervisor is not; its worker is, as a plain process would be
 
     def report(status, detail=""):
-        with contextlib.suppress(BaseException):
+        try:
             if getpid() == me:  # not a forked copy that returned into this function
-                write(status_fd, (dumps({"kind": "outcome", "status": status, "detail": detail[:2000]}) + "\n").encode())
+                write(status_fd, seal(("outcome", status, detail[:2000])))
+        except BaseException:
+            pass
         for stream in (sys.stdout, sys.stderr):
-            with contextlib.suppress(BaseException):
+            try:
                 stream.flush()
+            except BaseException:
+                pass
         exit_(0)
 
     program, test, entry = cfg["program"], cfg["test"], cfg["entry_point"]
@@ -145,16 +245,24 @@ def _worker(cfg: dict, status_fd: int) -> None:
     sys.path.extend(p for p in cfg["site_packages"] if p not in sys.path)
 
     try:
-        code = compile(program, "<program>", "exec")
+        code = compile_(program, "<program>", "exec")
     except MemoryError as e:
         report("memory", "compile: " + fmt(e))
     except Exception as e:  # SyntaxError, ValueError (NUL bytes), RecursionError (nesting)
         print_failure(e)
         report("syntax", fmt(e))
     try:
-        test_code = compile(test, "<test>", "exec")
+        test_code = compile_(test, "<test>", "exec")
     except BaseException as e:
         report("error", "the test does not compile: " + fmt(e))
+
+    import builtins
+    import collections
+    # The test runs with the builtins as they are now: a program that replaces builtins.abs (say)
+    # does not change what the test computes.
+    pristine = dict_(builtins.__dict__)
+    find_own_comparison = _plain_result_check((collections.Counter, collections.OrderedDict))
+    refused = []
 
     sys.argv = ["__program__"]
     module = type(sys)("__program__")
@@ -162,21 +270,40 @@ def _worker(cfg: dict, status_fd: int) -> None:
     g = module.__dict__
     phase = "program"
     try:
-        exec(code, g)
+        exec_(code, g)
         phase = "test"
-        exec(test_code, g)
-        check = g.get("check")
-        if not callable(check):
+        tg = dict_(g)  # the program's names (tests may use its helpers), the pristine builtins
+        tg["__builtins__"] = pristine
+        exec_(test_code, tg)
+        check = tg.get("check")
+        if not callable_(check):
             report("error", "the test defines no check(candidate)")
         if entry not in g:
             report("failed", f"the program does not define the entry point {entry!r}")
         phase = "check"
-        check(g[entry])
+        fn = g[entry]
+
+        def candidate(*args, **kwargs):
+            result = fn(*args, **kwargs)
+            why = find_own_comparison(result)
+            if why is not None:
+                refused.append(why)
+                raise TypeError(why)
+            return result
+
+        with contextlib.suppress(Exception):
+            candidate.__name__ = candidate.__qualname__ = entry
+            candidate.__doc__, candidate.__wrapped__ = fn.__doc__, fn
+        check(candidate)
     except MemoryError as e:
         report("memory", f"{phase}: " + fmt(e))
     except BaseException as e:  # SystemExit and KeyboardInterrupt included: not a pass
+        if refused:
+            report("failed", f"check: {refused[0]}")
         print_failure(e)
         report("failed", f"{phase}: " + fmt(e))
+    if refused:  # the test caught the refusal
+        report("failed", f"check: {refused[0]}")
     report("passed")
 
 
@@ -189,15 +316,19 @@ def _child_main(argv) -> None:
     payload_fd, status_fd = int(argv[1]), int(argv[2])
     with os.fdopen(payload_fd, "rb") as f:
         cfg = json.loads(f.read().decode("utf-8"))
+        os.ftruncate(f.fileno(), 0)  # the key in it: gone from every copy of the descriptor
+    seal = _sealer(bytes.fromhex(cfg["key"]))
     os.set_inheritable(status_fd, False)  # the program's own children do not get it
     if cfg["mode"] == "process":
         _set_pdeathsig()
+    _set_dumpable(0)  # the program (same uid in namespace mode) cannot read the key from /proc
     pid = os.fork()
     if pid == 0:
         try:
             _worker(cfg, status_fd)
         finally:
             os._exit(70)
+    del cfg
     # Supervisor: reap the worker (and, as the namespace's init, any orphan) and report.
     while True:
         try:
@@ -207,9 +338,9 @@ def _child_main(argv) -> None:
             break
         if got == pid:
             break
-    rec = {"kind": "exit", "returncode": None if status is None else os.waitstatus_to_exitcode(status),
-           "cpu": None if usage is None else usage.ru_utime + usage.ru_stime}
-    os.write(status_fd, (json.dumps(rec) + "\n").encode())
+    rc = None if status is None else os.waitstatus_to_exitcode(status)
+    cpu = None if usage is None else usage.ru_utime + usage.ru_stime
+    os.write(status_fd, seal(("exit", repr(rc), repr(cpu))))
     os._exit(0)
 
 
@@ -219,9 +350,14 @@ if __name__ == "__main__":
     _child_main(sys.argv)
 
 
+import ast  # noqa: E402
+import hashlib  # noqa: E402
+import hmac  # noqa: E402
 import math  # noqa: E402
 import numbers  # noqa: E402
+import secrets  # noqa: E402
 import select  # noqa: E402
+import socket  # noqa: E402
 import shutil  # noqa: E402
 import subprocess  # noqa: E402
 import tempfile  # noqa: E402
@@ -257,9 +393,10 @@ class ExecResult:
     ----------
     status : str
         ``"passed"`` (every test passed), ``"failed"`` (a test failed, the program raised, was
-        killed by a signal or exited before the tests finished, or the entry point is missing),
+        killed by a signal or exited before the tests finished, the entry point is missing, or it
+        returned a value that compares with a method of its own),
         ``"timeout"`` (wall-clock or CPU-time limit), ``"memory"`` (memory limit: an allocation
-        failed), ``"syntax"`` (the program does not compile) or ``"error"`` (the evaluator could
+        failed, or the processes together held more than ``memory_mb``), ``"syntax"`` (the program does not compile) or ``"error"`` (the evaluator could
         not judge the program: the test code does not compile or defines no ``check``, the
         sandbox failed to start, or the evaluation was interrupted).
     passed : bool
@@ -321,8 +458,10 @@ class SandboxLimits:
     timeout : float
         Wall-clock seconds, > 0 (at most one day). The run is killed when they are over.
     memory_mb : int
-        Address-space limit (``RLIMIT_AS``) of the worker in MiB, >= 64. The interpreter itself
-        takes about 20 MiB of it.
+        Memory of the whole sandbox in MiB, >= 64: the address-space limit (``RLIMIT_AS``) of each
+        of its processes, and the bound on their summed proportional set size (checked every
+        40 ms; the tree is killed and the run scored ``"memory"`` once it is over). The
+        interpreter itself takes about 20 MiB of it.
     cpu_seconds : int or None
         CPU-time limit (``RLIMIT_CPU``) of each process in seconds, >= 1; None: ``ceil(timeout)``.
     file_mb : int
@@ -566,20 +705,22 @@ def _run(program, test, entry_point, limits, mode_caps, stop) -> ExecResult:
     with _SLOTS.take() as slot:
         uid = _slot_uid(slot)
         workdir = tempfile.mkdtemp(prefix="dllm-eval-")
+        key = secrets.token_bytes(32)  # signs the reports; the program never sees it through a file
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         try:
             if mode == "namespace":
                 os.chown(workdir, uid, uid)
             payload = {
-                "program": program, "test": test, "entry_point": entry_point, "mode": mode,
+                "program": program, "test": test, "entry_point": entry_point, "mode": mode, "key": key.hex(),
                 "cpu": limits.cpu_limit, "memory": limits.memory_mb << 20, "fsize": limits.file_mb << 20,
                 "nproc": limits.max_processes, "nofile": _MAX_OPEN_FILES, "site_packages": _site_packages(),
             }
-            with tempfile.TemporaryFile() as fin, tempfile.TemporaryFile() as fstatus, \
-                    tempfile.TemporaryFile() as fout, tempfile.TemporaryFile() as ferr:
+            with tempfile.TemporaryFile() as fin, tempfile.TemporaryFile() as fout, \
+                    tempfile.TemporaryFile() as ferr:
                 fin.write(json.dumps(payload).encode("utf-8"))
                 fin.flush()
                 fin.seek(0)
-                cmd = [sys.executable, "-I", "-S", _SCRIPT, str(fin.fileno()), str(fstatus.fileno())]
+                cmd = [sys.executable, "-I", "-S", _SCRIPT, str(fin.fileno()), str(theirs.fileno())]
                 if mode == "namespace":
                     cmd = _namespace_prefix(uid, caps) + cmd
                 env = {"PATH": "/usr/local/bin:/usr/bin:/bin",
@@ -588,30 +729,131 @@ def _run(program, test, entry_point, limits, mode_caps, stop) -> ExecResult:
                 t0 = time.monotonic()
                 try:
                     proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=fout, stderr=ferr,
-                                            pass_fds=(fin.fileno(), fstatus.fileno()), cwd=workdir,
+                                            pass_fds=(fin.fileno(), theirs.fileno()), cwd=workdir,
                                             env=env, start_new_session=True)
                 except OSError as e:
                     return _error(f"could not start the sandbox: {e}", mode)
-                killed = _wait(proc, t0 + limits.timeout, stop, uid if mode == "namespace" else None)
+                finally:
+                    theirs.close()
+                channel = _Channel(ours)
+                killed = _wait(proc, t0 + limits.timeout, stop, uid if mode == "namespace" else None,
+                               channel, limits.memory_mb << 20)
                 duration = time.monotonic() - t0
-                records = _records(fstatus)
+                channel.drain()
+                records = _records(channel.messages, key)
                 stdout = _head(fout, limits.output_chars)
                 stderr = _tail(ferr, limits.output_chars)
         finally:
+            theirs.close()
+            ours.close()
             _remove_tree(workdir)
     return _classify(killed, stop, proc.returncode, records, stdout, stderr, duration, limits, mode)
 
 
-def _wait(proc: subprocess.Popen, deadline: float, stop, uid: Optional[int]) -> bool:
-    """Wait for the sandbox until ``deadline``; kill its process group; reap it; wait until its
-    processes (all of ``uid``'s if given) are gone. True if killed on the deadline or ``stop``."""
-    killed = False
+class _Channel:
+    """The evaluator's end of the report socket: keeps the first 1 MiB of messages, drains the rest
+    (so that a program flooding it cannot block the real report)."""
+
+    def __init__(self, sock: socket.socket):
+        self.sock, self.messages, self.size = sock, [], 0
+        sock.setblocking(False)
+
+    def fileno(self) -> int:
+        return self.sock.fileno()
+
+    def drain(self) -> None:
+        while True:
+            try:
+                msg = self.sock.recv(1 << 16)
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError:
+                return
+            if not msg:  # every sender is gone
+                return
+            if self.size < 1 << 20:
+                self.messages.append(msg)
+                self.size += len(msg)
+
+
+def _children(pid: int) -> list:
+    """Pids of the children of every thread of ``pid`` (Linux ``/proc/PID/task/TID/children``)."""
+    out = []
+    for tid in os.listdir(f"/proc/{pid}/task"):
+        with open(f"/proc/{pid}/task/{tid}/children", "rb") as f:
+            out.extend(int(x) for x in f.read().split())
+    return out
+
+
+def _rss_bytes(pid: int) -> int:
+    """Proportional set size of ``pid`` (pages shared with other processes, e.g. after a fork,
+    count once across them), else its resident set size; 0 when it is gone."""
+    try:
+        with open(f"/proc/{pid}/smaps_rollup", "rb") as f:
+            for line in f:
+                if line.startswith(b"Pss:"):
+                    return int(line.split()[1]) << 10
+    except (OSError, ValueError, IndexError):
+        pass
+    try:
+        with open(f"/proc/{pid}/statm", "rb") as f:
+            return int(f.read().split()[1]) * _PAGE
+    except (OSError, ValueError, IndexError):
+        return 0
+
+
+def _children_by_scan() -> dict:
+    """{ppid: [pid, ...]} of every process, from ``/proc/PID/stat`` (where the kernel does not
+    list children per task)."""
+    out: dict = {}
+    for d in os.listdir("/proc"):
+        if d.isdigit():
+            try:
+                with open(f"/proc/{d}/stat", "rb") as f:
+                    stat = f.read()
+                ppid = int(stat[stat.rfind(b")") + 2:].split()[1])
+            except (OSError, ValueError, IndexError):
+                continue
+            out.setdefault(ppid, []).append(int(d))
+    return out
+
+
+def _tree_memory(root: int) -> int:
+    """Bytes held by ``root`` and all its descendants (see :func:`_rss_bytes`)."""
+    by_parent = None if _CHILDREN_FILES else _children_by_scan()
+    total, stack, seen = 0, [root], set()
+    while stack:
+        pid = stack.pop()
+        if pid in seen:
+            continue
+        seen.add(pid)
+        total += _rss_bytes(pid)
+        try:
+            stack.extend(_children(pid) if by_parent is None else by_parent.get(pid, ()))
+        except (OSError, ValueError):
+            continue
+    return total
+
+
+_PAGE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
+_WATCH_INTERVAL = 0.04  # seconds between two measurements of the process tree's memory
+_CHILDREN_FILES = os.path.exists(f"/proc/{os.getpid()}/task/{os.getpid()}/children")
+_WATCHDOG = os.path.isdir("/proc/self")
+
+
+def _wait(proc: subprocess.Popen, deadline: float, stop, uid: Optional[int], channel: "_Channel",
+          memory: int) -> Optional[str]:
+    """Wait for the sandbox until ``deadline``, draining ``channel`` and killing the sandbox once
+    its process tree holds more than ``memory`` bytes; kill its process group; reap it; wait until
+    its processes (all of ``uid``'s if given) are gone. Returns why it was killed early
+    (``"timeout"``, ``"stop"`` or ``"memory"``) or None."""
+    killed = None
     try:  # a pidfd turns readable when the process exits: no polling delay (Linux >= 5.3)
         pidfd = os.pidfd_open(proc.pid)
     except (AttributeError, OSError):
         pidfd = None
     try:
-        delay = 0.002
+        next_watch = time.monotonic()
         while True:
             try:
                 # WNOWAIT: the exited leader stays a zombie, so its pid (= the process group id)
@@ -621,14 +863,22 @@ def _wait(proc: subprocess.Popen, deadline: float, stop, uid: Optional[int]) -> 
             except ChildProcessError:  # someone else reaped it (SIGCHLD ignored in this process)
                 break
             now = time.monotonic()
-            if now >= deadline or (stop is not None and stop.is_set()):
-                killed = True
+            if now >= deadline:
+                killed = "timeout"
                 break
-            if pidfd is not None:  # wake on exit; every 0.1 s to look at `stop`
-                select.select([pidfd], [], [], min(0.1, deadline - now))
-            else:
-                time.sleep(min(delay, deadline - now))
-                delay = min(delay * 1.5, 0.02)
+            if stop is not None and stop.is_set():
+                killed = "stop"
+                break
+            if _WATCHDOG and now >= next_watch:
+                if _tree_memory(proc.pid) > memory:
+                    killed = "memory"
+                    break
+                next_watch = now + _WATCH_INTERVAL
+            wait = max(0.0, min(_WATCH_INTERVAL, deadline - now))
+            # Wake on exit (pidfd) or a report; at least every interval for the watchdog and `stop`.
+            ready, _, _ = select.select([channel] + ([pidfd] if pidfd is not None else []), [], [], wait)
+            if channel in ready:
+                channel.drain()
     finally:
         if pidfd is not None:
             os.close(pidfd)
@@ -647,6 +897,7 @@ def _wait(proc: subprocess.Popen, deadline: float, stop, uid: Optional[int]) -> 
     give_up = time.monotonic() + 2.0
     while _lingering(proc.pid, uid) and time.monotonic() < give_up:
         time.sleep(0.005)
+        channel.drain()
     return killed
 
 
@@ -675,16 +926,31 @@ def _lingering(pgid: int, uid: Optional[int]) -> bool:
     return False
 
 
-def _records(f) -> dict:
-    """The last worker outcome and supervisor exit records written to the status channel."""
-    f.seek(0)
+def _records(messages, key: bytes) -> dict:
+    """The first worker outcome and the first supervisor exit record on the report channel whose
+    HMAC under ``key`` is right (anything else the program wrote there is ignored)."""
     out = {}
-    for line in f.read(1 << 20).decode("utf-8", "replace").splitlines():
-        with contextlib.suppress(ValueError):
-            rec = json.loads(line)
-            if isinstance(rec, dict) and rec.get("kind") in ("outcome", "exit"):
-                out[rec["kind"]] = rec
+    for msg in messages:
+        for line in msg.splitlines():
+            fields = _unseal(line, key)
+            if fields and fields[0] == "outcome" and len(fields) == 3 and "outcome" not in out:
+                out["outcome"] = {"status": fields[1], "detail": fields[2]}
+            elif fields and fields[0] == "exit" and len(fields) == 3 and "exit" not in out:
+                with contextlib.suppress(ValueError, SyntaxError):
+                    out["exit"] = {"returncode": ast.literal_eval(fields[1]), "cpu": ast.literal_eval(fields[2])}
     return out
+
+
+def _unseal(line: bytes, key: bytes) -> Optional[list]:
+    """The fields of a line made by the sandbox's ``seal``, or None if its MAC is wrong."""
+    mac, _, body = line.partition(b" ")
+    want = hmac.new(key, body, hashlib.sha256).hexdigest().encode("ascii")
+    if not hmac.compare_digest(mac, want):
+        return None
+    try:
+        return [bytes.fromhex(f.decode("ascii")).decode("utf-8", "replace") for f in body.split(b" ")]
+    except ValueError:
+        return None
 
 
 def _head(f, n: int) -> str:
@@ -733,9 +999,11 @@ def _classify(killed, stop, sandbox_rc, records, stdout, stderr, duration, limit
     def result(status, detail, rc=None, cpu=None):
         return ExecResult(status, status == "passed", duration, stdout, stderr, detail, rc, cpu, mode)
 
+    if killed == "stop":
+        return result("error", "stopped: the evaluation was interrupted")
+    if killed == "memory":
+        return result("memory", f"the program's processes held more than {limits.memory_mb} MiB together")
     if killed:
-        if stop is not None and stop.is_set():
-            return result("error", "stopped: the evaluation was interrupted")
         return result("timeout", f"wall-clock limit of {limits.timeout:g} s")
     exit_rec, outcome = records.get("exit"), records.get("outcome")
     if exit_rec is None:

@@ -24,6 +24,7 @@ from typing import List, Optional
 
 from tqdm.auto import tqdm
 
+from ..validation import check_bool
 from .sandbox import (ExecResult, SandboxLimits, STATUSES, _check_int, _run_resolved, isolation_details,
                       resolve_isolation, run_program)
 
@@ -194,8 +195,7 @@ def evaluate_code(samples: Sequence[Mapping], completions: Sequence, *, workers:
     samples = _check_samples(samples)
     groups = _check_completions(completions, len(samples))
     workers = _check_int("workers", workers, low=1, high=64)
-    if not isinstance(progress, bool):
-        raise TypeError(f"progress: expected a bool, got {type(progress).__name__}")
+    progress = check_bool("progress", progress)
     limits = SandboxLimits(timeout=timeout, memory_mb=memory_mb, cpu_seconds=cpu_seconds, file_mb=file_mb,
                            max_processes=max_processes, output_chars=output_chars)
     mode = resolve_isolation(isolation)

@@ -178,7 +178,9 @@ def run(args) -> int:
         try:
             extractor = LLMExtractor(args.base_url, args.model, api_key_env=args.api_key_env,
                                      cache_path=args.cache or args.output + ".llm-cache.jsonl",
-                                     timeout=args.timeout, max_retries=args.max_retries,
+                                     timeout=args.timeout, deadline=args.deadline,
+                                     max_response_bytes=max(1, int(args.max_response_mb * (1 << 20))),
+                                     max_retries=args.max_retries,
                                      concurrency=args.concurrency)
         except (TypeError, ValueError) as e:
             print(f"dllm-masks extract: {e}", file=sys.stderr)
@@ -278,6 +280,8 @@ def add_parser(sub) -> None:
     g.add_argument("--api-key-env", default="OPENAI_API_KEY", help="environment variable holding the key")
     g.add_argument("--cache", help="JSONL cache (default OUTPUT.llm-cache.jsonl)")
     g.add_argument("--concurrency", type=int, default=8)
-    g.add_argument("--timeout", type=float, default=60.0)
+    g.add_argument("--timeout", type=float, default=60.0, help="seconds per connection and socket read")
+    g.add_argument("--deadline", type=float, default=300.0, help="seconds for a whole request attempt")
+    g.add_argument("--max-response-mb", type=float, default=16.0, help="largest response body, in MiB")
     g.add_argument("--max-retries", type=int, default=5)
     p.set_defaults(func=run)

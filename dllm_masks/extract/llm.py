@@ -9,7 +9,8 @@ SGLang, llama.cpp's server, hosted APIs) with the standard library's ``http.clie
 * alignment of each quote back to character offsets (:func:`align_quotes`): exact first (from
   where the previous quote ended, then anywhere), then whitespace-insensitive, then a bounded
   fuzzy match; quotes that match nothing are dropped and counted;
-* a thread pool for concurrency, a per-socket-operation timeout, retries with exponential
+* a thread pool for concurrency, a per-socket-operation timeout, a deadline for each whole
+  request and a cap on the size of a reply, retries with exponential
   backoff and jitter on 429, 5xx, timeouts, dropped connections and malformed responses,
   honouring ``Retry-After``;
 * a resumable JSONL cache keyed by a hash of (prompt version, model, domain, prompt, answer): a
@@ -234,27 +235,33 @@ def align_quotes(answer: str, quotes: Sequence[str], *, fuzzy_threshold: float =
 # Cache
 # ---------------------------------------------------------------------------------------------
 class JsonlCache:
-    """Append-only JSONL cache: one ``{"key": ..., ...}`` object per line, the last line for a key
-    wins. Lines that do not parse (a write cut short by a crash) are skipped and counted in
-    ``skipped``. Thread-safe."""
+    """Append-only JSONL cache: one ``{"key": str, "quotes": [str, ...], ...}`` object per line, the
+    last line for a key wins. Lines that do not parse or do not have that form (a write cut short
+    by a crash, a damaged file) are skipped and counted in ``skipped``. Every record is written
+    with one ``write`` of a whole line (ASCII JSON, so a reply holding a lone surrogate is kept
+    exactly) to a file opened for appending, starting on a fresh line even when another writer
+    left a partial one. Thread-safe."""
 
     def __init__(self, path: Optional[str]):
         self.path = path
         self.entries: dict = {}
         self.skipped = 0
         self._lock = threading.Lock()
-        self._needs_newline = False
+        if path and os.path.isdir(path):
+            raise ValueError(f"cache_path: {path} is a directory, expected a JSONL file")
         if path and os.path.exists(path):
             with open(path, "rb") as f:
                 data = f.read()
-            self._needs_newline = bool(data) and not data.endswith(b"\n")
             for line in data.splitlines():
                 if not line.strip():
                     continue
                 try:
                     rec = json.loads(line)
+                except (ValueError, RecursionError):
+                    rec = None
+                if _valid_record(rec):
                     self.entries[rec["key"]] = rec
-                except (ValueError, KeyError, TypeError):
+                else:
                     self.skipped += 1
 
     def get(self, key: str) -> Optional[dict]:
@@ -262,19 +269,38 @@ class JsonlCache:
             return self.entries.get(key)
 
     def put(self, key: str, rec: dict) -> None:
+        """Record ``rec`` under ``key``: written to the file first, then kept in memory (a failed
+        write raises ``OSError`` and leaves nothing behind)."""
         rec = dict(rec, key=key)
-        line = json.dumps(rec, ensure_ascii=False) + "\n"
+        line = (json.dumps(rec, ensure_ascii=True) + "\n").encode("ascii")
         with self._lock:
-            self.entries[key] = rec
             if self.path:
-                d = os.path.dirname(os.path.abspath(self.path))
-                os.makedirs(d, exist_ok=True)
-                with open(self.path, "a", encoding="utf-8") as f:
-                    if self._needs_newline:
-                        f.write("\n")
-                        self._needs_newline = False
-                    f.write(line)
-                    f.flush()
+                _append_line(self.path, line)
+            self.entries[key] = rec
+
+
+def _valid_record(rec) -> bool:
+    return (isinstance(rec, dict) and isinstance(rec.get("key"), str) and isinstance(rec.get("quotes"), list)
+            and all(isinstance(q, str) for q in rec["quotes"]))
+
+
+def _append_line(path: str, line: bytes) -> None:
+    """Append ``line`` (ending in a newline) with one ``write``, after a newline if the file does
+    not end in one (a partial line left by a writer that was killed)."""
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    try:
+        size = os.fstat(fd).st_size
+        if size:
+            with open(path, "rb") as f:
+                f.seek(size - 1)
+                if f.read(1) != b"\n":
+                    line = b"\n" + line
+        view = memoryview(line)
+        while view:  # a regular file takes the whole line at once; loop only on a short write
+            view = view[os.write(fd, view):]
+    finally:
+        os.close(fd)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -284,6 +310,14 @@ class _Retryable(Exception):
     def __init__(self, msg: str, retry_after: Optional[float] = None):
         super().__init__(msg)
         self.retry_after = retry_after
+
+
+class _Deadline(Exception):
+    pass
+
+
+class _TooLarge(Exception):
+    pass
 
 
 def _retry_after(value: Optional[str], now: Callable[[], float] = time.time) -> Optional[float]:
@@ -320,8 +354,13 @@ class LLMExtractor:
     cache_path : str, optional
         JSONL cache file (created on first write). None: an in-memory cache only.
     timeout : float
-        Seconds for the connection and for each socket read (a hung server costs at most about
-        this per attempt).
+        Seconds for the connection and for each socket read.
+    deadline : float
+        Seconds for a whole attempt (connect, send, headers and body): a server that trickles its
+        reply is cut off when they are over (a retryable failure, like a timeout). Default 300.
+    max_response_bytes : int
+        Largest response body read, in bytes (default 16 MiB): a larger one, or an endless
+        stream, fails at once (not retried) with an :class:`LLMError` naming the limit.
     max_retries : int
         Retries after the first attempt on 429, 5xx, timeouts, connection errors and malformed
         replies. Other 4xx fail at once.
@@ -346,12 +385,14 @@ class LLMExtractor:
     Attributes
     ----------
     stats : dict
-        ``requests`` (HTTP attempts made), ``retries``, ``cache_hits``, ``failures``.
+        ``requests`` (HTTP attempts made), ``retries``, ``cache_hits``, ``failures``,
+        ``cache_errors`` (replies that could not be written to the cache file).
     """
 
     def __init__(self, base_url: Optional[str] = None, model: Optional[str] = None, *,
                  api_key_env: str = "OPENAI_API_KEY", cache_path: Optional[str] = None,
-                 timeout: float = 60.0, max_retries: int = 5, backoff: float = 1.0,
+                 timeout: float = 60.0, deadline: float = 300.0, max_response_bytes: int = 16 << 20,
+                 max_retries: int = 5, backoff: float = 1.0,
                  max_backoff: float = 60.0, max_retry_after: float = 600.0, concurrency: int = 8,
                  temperature: float = 0.0, max_tokens: int = 2048, json_mode: bool = False,
                  fuzzy_threshold: float = 0.85, extra_body: Optional[dict] = None,
@@ -367,13 +408,14 @@ class LLMExtractor:
             raise ValueError(f"base_url: expected an http(s) URL, got {base_url!r}")
         if not isinstance(api_key_env, str) or not api_key_env:
             raise TypeError("api_key_env: expected the name of an environment variable")
-        for name, v in (("timeout", timeout), ("backoff", backoff), ("max_backoff", max_backoff),
+        for name, v in (("timeout", timeout), ("deadline", deadline), ("backoff", backoff), ("max_backoff", max_backoff),
                         ("max_retry_after", max_retry_after)):
             if isinstance(v, bool) or not isinstance(v, (int, float)) or not v >= 0:
                 raise ValueError(f"{name}: expected a number >= 0, got {v!r}")
-        if timeout <= 0:
-            raise ValueError(f"timeout: must be > 0, got {timeout}")
-        for name, v, lo in (("max_retries", max_retries, 0), ("concurrency", concurrency, 1),
+        for name, v in (("timeout", timeout), ("deadline", deadline)):
+            if v <= 0:
+                raise ValueError(f"{name}: must be > 0, got {v}")
+        for name, v, lo in (("max_response_bytes", max_response_bytes, 1), ("max_retries", max_retries, 0), ("concurrency", concurrency, 1),
                             ("max_tokens", max_tokens, 1)):
             if isinstance(v, bool) or not isinstance(v, int):
                 raise TypeError(f"{name}: expected an int, got {type(v).__name__}")
@@ -387,13 +429,14 @@ class LLMExtractor:
         self.base_url, self.model = base_url, model
         self._api_key = os.environ.get(api_key_env) or None
         self.timeout, self.max_retries = float(timeout), max_retries
+        self.deadline, self.max_response_bytes = float(deadline), max_response_bytes
         self.backoff, self.max_backoff, self.max_retry_after = float(backoff), float(max_backoff), float(max_retry_after)
         self.concurrency, self.temperature, self.max_tokens = concurrency, temperature, max_tokens
         self.json_mode, self.fuzzy_threshold = json_mode, fuzzy_threshold
         self.extra_body = dict(extra_body or {})
         self.sleep = sleep
         self.cache = JsonlCache(cache_path)
-        self.stats = {"requests": 0, "retries": 0, "cache_hits": 0, "failures": 0}
+        self.stats = {"requests": 0, "retries": 0, "cache_hits": 0, "failures": 0, "cache_errors": 0}
         self._lock = threading.Lock()
         self._rng = random.Random(seed)
 
@@ -413,18 +456,65 @@ class LLMExtractor:
         headers = {"Content-Type": "application/json", "Accept": "application/json"}
         if self._api_key:
             headers["Authorization"] = f"Bearer {self._api_key}"
+        expired = threading.Event()
+
+        def cut_off():  # the deadline: unblock whatever read or write is in progress
+            expired.set()
+            sock = conn.sock
+            if sock is not None:
+                try:
+                    sock.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass
+
+        timer = threading.Timer(self.deadline, cut_off)
+        timer.daemon = True
+        timer.start()
         try:
-            conn.request("POST", self._path, body=body, headers=headers)
-            resp = conn.getresponse()
-            data = resp.read()
+            try:
+                conn.connect()
+                if expired.is_set():
+                    raise _Deadline()
+                conn.request("POST", self._path, body=body, headers=headers)
+                resp = conn.getresponse()
+                data = self._read_body(resp)
+            except (_Deadline, _TooLarge):
+                raise
+            except Exception:
+                if expired.is_set():
+                    raise _Deadline() from None
+                raise
+            if expired.is_set():  # the body may have been cut short
+                raise _Deadline()
             return resp.status, {k.lower(): v for k, v in resp.getheaders()}, data
         finally:
+            timer.cancel()
             conn.close()
+
+    def _read_body(self, resp) -> bytes:
+        """The response body, at most ``max_response_bytes`` of it (else :class:`_TooLarge`)."""
+        cap = self.max_response_bytes
+        length = resp.getheader("content-length")
+        if length is not None and length.strip().isdigit() and int(length) > cap:
+            raise _TooLarge(f"Content-Length {int(length)}")
+        chunks, size = [], 0
+        while True:
+            chunk = resp.read1(1 << 16)
+            if not chunk:
+                return b"".join(chunks)
+            size += len(chunk)
+            if size > cap:
+                raise _TooLarge(f"more than {size} bytes read")
+            chunks.append(chunk)
 
     def _attempt(self, body: bytes) -> List[str]:
         self._count("requests")
         try:
             status, headers, data = self._post(body)
+        except _Deadline:
+            raise _Retryable(f"deadline of {self.deadline:g}s for the whole request exceeded") from None
+        except _TooLarge as e:
+            raise LLMError(f"response larger than max_response_bytes={self.max_response_bytes} ({e})") from None
         except (socket.timeout, TimeoutError) as e:
             raise _Retryable(f"timeout after {self.timeout}s ({e})") from None
         except (ConnectionError, http.client.HTTPException, OSError) as e:
@@ -510,8 +600,12 @@ class LLMExtractor:
                 self._count("failures")
                 meta.update(error=str(e), failed=True)
                 return Spans([], meta)
-            self.cache.put(key, {"quotes": quotes, "model": self.model, "prompt_version": PROMPT_VERSION,
-                                 "domain": domain})
+            try:
+                self.cache.put(key, {"quotes": quotes, "model": self.model, "prompt_version": PROMPT_VERSION,
+                                     "domain": domain})
+            except OSError as e:  # the spans are still good; the next run asks again
+                self._count("cache_errors")
+                meta["cache_error"] = f"{type(e).__name__}: {e}"
         spans, counts = align_quotes(answer, quotes, fuzzy_threshold=self.fuzzy_threshold)
         meta.update(counts)
         return Spans(spans, meta)

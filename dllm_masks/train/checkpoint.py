@@ -127,6 +127,12 @@ def load_checkpoint(path: str, map_location="cpu") -> dict:
         if len(head) < _HEADER.size or not head.startswith(MAGIC):
             raise CheckpointError(f"checkpoint {path}: not a dllm-masks checkpoint (bad header)")
         _, n, digest = _HEADER.unpack(head)
+        size = os.fstat(f.fileno()).st_size - _HEADER.size
+        if n != size:  # bound the length field by the file before reading that much
+            what = "truncated" if n > size else "trailing bytes"
+            raise CheckpointError(f"checkpoint {path}: {what}: the header says {n} payload bytes but the file holds "
+                                  f"{size}; the write was interrupted or the file (or its header) was damaged; delete "
+                                  "it to resume from an earlier checkpoint")
         payload = f.read(n + 1)
     if len(payload) != n:
         raise CheckpointError(f"checkpoint {path}: truncated ({len(payload)} of {n} payload bytes"

@@ -301,8 +301,17 @@ def _build_model_and_optimizer(cfg: TrainConfig, data: SFTData, device):
     return mcfg, model, opt
 
 
+def _check_folders(run_dir: str, ckpt_dir: str) -> None:
+    """Refuse at start-up a run dir or checkpoint folder that exists as something else than a folder
+    (it would fail at the first checkpoint otherwise)."""
+    for name, path in (("run_dir", run_dir), ("checkpoints", ckpt_dir)):
+        if os.path.exists(path) and not os.path.isdir(path):
+            raise ck.CheckpointError(f"{name}: {path} exists and is not a folder; move it away or choose another run_dir")
+
+
 def _resume_point(cfg: TrainConfig, env: "_Env", data: SFTData, model, opt, ckpt_dir: str, resume: bool, say) -> int:
     """Clean the checkpoint folder, load the newest checkpoint when resuming; the step to start at."""
+    _check_folders(cfg.run_dir, ckpt_dir)
     if env.main:
         os.makedirs(cfg.run_dir, exist_ok=True)
         stale = ck.remove_stale_temporaries(ckpt_dir)
