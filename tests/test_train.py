@@ -262,8 +262,8 @@ def test_heldout_metrics_use_the_same_masks_for_every_recipe(tmp_path, monkeypat
     cfg_b = TrainConfig.from_dict(tiny_config(tmp_path / "b", seed=9, mask__weight=5.0, data__eval_fraction=0.25))
     data = build_data(cfg_a.data, 8, cfg_a.seed, progress=False)
     model = _small_model(data.tokenizer.vocab_size)
-    ha = L.evaluate_heldout(model, data, cfg_a, torch.device("cpu"))
-    hb = L.evaluate_heldout(model, data, cfg_b, torch.device("cpu"))
+    ha = L.heldout_metrics(model, data, cfg_a, torch.device("cpu"))
+    hb = L.heldout_metrics(model, data, cfg_b, torch.device("cpu"))
     assert ha == hb and ha["tokens"] > 0 and ha["acc"] < 0.5
 
     # the metric itself: a model that predicts every label scores 1.0 with a near-zero loss
@@ -278,7 +278,7 @@ def test_heldout_metrics_use_the_same_masks_for_every_recipe(tmp_path, monkeypat
             return F.one_hot(seen["batch"].labels[idx], data.tokenizer.vocab_size).float() * 50
 
     monkeypatch.setattr(L, "mask_batch", spy)
-    h = L.evaluate_heldout(Oracle(), data, cfg_a, torch.device("cpu"))
+    h = L.heldout_metrics(Oracle(), data, cfg_a, torch.device("cpu"))
     assert h["acc"] == h["dense_acc"] == h["other_acc"] == 1.0 and h["loss"] < 1e-6
 
 

@@ -33,7 +33,7 @@ from .forward import autocast_for, eval_mode, masked_forward
 from .loss import loss_terms, normalizer
 from .model import build_model
 
-__all__ = ["train", "lr_at", "config_fingerprint", "evaluate_heldout", "heldout_mask_config"]
+__all__ = ["train", "lr_at", "config_fingerprint", "heldout_metrics", "heldout_mask_config"]
 
 log = logging.getLogger("dllm_masks")
 
@@ -138,7 +138,7 @@ def heldout_mask_config(cfg: TrainConfig) -> MaskConfig:
 
 
 @torch.no_grad()
-def evaluate_heldout(model, data: SFTData, cfg: TrainConfig, device, max_samples: Optional[int] = None) -> dict:
+def heldout_metrics(model, data: SFTData, cfg: TrainConfig, device, max_samples: Optional[int] = None) -> dict:
     """Held-out diffusion loss and masked-token accuracy on fixed masks (see :func:`heldout_mask_config`).
 
     Returns
@@ -223,7 +223,7 @@ def train(config, *, stop_after: Optional[int] = None, resume: bool = True, prog
     dict
         ``final_loss`` (mean training loss of the last ≤ 10 steps), ``last_loss``, ``steps``,
         ``start_step``, ``losses`` (per step, this invocation), ``eval_loss``, ``heldout`` (the
-        dict of :func:`evaluate_heldout`: loss, masked-token accuracy overall, on dense tokens and on
+        dict of :func:`heldout_metrics`: loss, masked-token accuracy overall, on dense tokens and on
         the rest), ``metrics``
         (``math_accuracy``, ``code_pass@1``, counts), ``generations``, ``wall_s``,
         ``train_s``, ``tokens_per_s``, ``run_dir``, ``log_csv``, ``plot``, ``checkpoint``,
@@ -415,7 +415,7 @@ def _run_steps(run: _Run, tqdm):
             done = step + 1
             ev = {}
             if cfg.eval.every and done % cfg.eval.every == 0 and run.data.eval and env.main:
-                ev = evaluate_heldout(run.model, run.data, cfg, env.device, cfg.eval.max_samples)
+                ev = heldout_metrics(run.model, run.data, cfg, env.device, cfg.eval.max_samples)
             if runlog is not None:
                 runlog.write({"step": done, "loss": f"{m['loss']:.6f}",
                               "eval_loss": f"{ev['loss']:.6f}" if ev else None,
@@ -450,7 +450,7 @@ def _finish(run: _Run, losses: list, t_train: float, t_wall: float, *, evaluator
               "generations": [], "fill_in": "", "plot": None}
     finished = run.start + len(losses) >= cfg.max_steps
     if env.main and evaluators is not None and finished:
-        result["heldout"] = evaluate_heldout(model, data, cfg, env.device, cfg.eval.max_samples)
+        result["heldout"] = heldout_metrics(model, data, cfg, env.device, cfg.eval.max_samples)
         result["eval_loss"] = result["heldout"].get("loss")
         for evaluator in evaluators:
             result.update(evaluator(model, data, cfg, env.device, progress=run.show))
