@@ -154,24 +154,25 @@ def _annotate(batch: List[dict], args, extractor, tok=None) -> List[dict]:
     return batch
 
 
-def run(args) -> int:
+class _UsageError(Exception):
+    """A bad argument or input file: printed as one line, exit status 2."""
+
+
+def _setup(args):
+    """Check the arguments; load the tokenizer and the LLM extractor they ask for."""
     if not 0.0 <= args.fraction <= 1.0:
-        print(f"dllm-masks extract: --fraction must lie in [0, 1], got {args.fraction}", file=sys.stderr)
-        return 2
+        raise _UsageError(f"--fraction must lie in [0, 1], got {args.fraction}")
     if args.target_rho is not None and args.method != "rules":
-        print("dllm-masks extract: --target-rho applies to --method rules", file=sys.stderr)
-        return 2
+        raise _UsageError("--target-rho applies to --method rules")
     if not os.path.exists(args.input):
-        print(f"dllm-masks extract: {args.input}: no such file", file=sys.stderr)
-        return 2
+        raise _UsageError(f"{args.input}: no such file")
     tok = None
     if args.tokenizer:
         try:
             from tokenizers import Tokenizer
             tok = Tokenizer.from_file(args.tokenizer)
         except Exception as e:  # noqa: BLE001 - any load failure is a usage error
-            print(f"dllm-masks extract: --tokenizer {args.tokenizer}: {type(e).__name__}: {e}", file=sys.stderr)
-            return 2
+            raise _UsageError(f"--tokenizer {args.tokenizer}: {type(e).__name__}: {e}") from e
     extractor = None
     if args.method == "llm":
         from .llm import LLMExtractor
@@ -183,14 +184,16 @@ def run(args) -> int:
                                      max_retries=args.max_retries,
                                      concurrency=args.concurrency)
         except (TypeError, ValueError) as e:
-            print(f"dllm-masks extract: {e}", file=sys.stderr)
-            return 2
+            raise _UsageError(str(e)) from e
+    return tok, extractor
 
-    done = _resume_state(args.output)
-    stats = _Stats("tokens (" + os.path.basename(args.tokenizer) + ")" if tok is not None else "characters")
+
+def _annotate_file(args, tok, extractor, done: List[dict], stats: "_Stats", bad: List[int]) -> int:
+    """Append the annotations of the input's records that ``done`` (the output so far) does not
+    hold yet; returns how many were written. Raises _UsageError when the output does not continue
+    the input, or at a malformed line with ``--strict``."""
     with open(args.input, "rb") as f:
         total = sum(1 for _ in f)
-    bad: List[int] = []
     n_new = 0
     with open(args.output, "a", encoding="utf-8") as out, \
             tqdm(total=total, desc="extract", unit="line", disable=args.no_progress) as bar:
@@ -214,16 +217,14 @@ def run(args) -> int:
                 bar.update(1)
                 if args.strict:
                     flush()
-                    print(f"dllm-masks extract: stopped at malformed line {n} (--strict)", file=sys.stderr)
-                    return 2
+                    raise _UsageError(f"stopped at malformed line {n} (--strict)")
                 continue
             if k < len(done):
                 prev = done[k]
                 if not isinstance(prev, dict) or "prompt" not in prev or "answer" not in prev \
                         or sample_key(prev) != sample_key(rec) or prev.get("answer") != rec["answer"]:
-                    print(f"dllm-masks extract: {args.output} does not continue {args.input} (record {k + 1}, "
-                          f"line {n}); remove it to start over", file=sys.stderr)
-                    return 2
+                    raise _UsageError(f"{args.output} does not continue {args.input} (record {k + 1}, "
+                                      f"line {n}); remove it to start over")
                 stats.add(prev, tok)
                 k += 1
                 bar.update(1)
@@ -233,19 +234,18 @@ def run(args) -> int:
             if len(batch) >= BATCH:
                 flush()
         flush()
+    return n_new
 
-    rep = stats.report()
-    rep.update(malformed_lines=bad, resumed=len(done), written=n_new,
-               method=args.method, fraction=args.fraction, seed=args.seed, target_rho=args.target_rho)
-    if extractor is not None:
-        rep["llm"] = dict(extractor.stats)
+
+def _report(args, rep: dict, extractor, n_resumed: int, n_new: int, bad: List[int]) -> None:
+    """Print the ρ summary; write it as JSON with ``--report``."""
     lines = [f"dense fraction ρ per annotated sample, unit: {rep['unit']}"]
     for d in DOMAINS:
         r = rep[d]
         rho = "n/a" if r["rho"] is None else f"{r['rho']:.3f}"
         lines.append(f"  {d:5s} samples={r['samples']} annotated={r['annotated']} ρ={rho} "
                      f"fallback={r['fallback']} failed={r['failed']}")
-    lines.append(f"  resumed={len(done)} written={n_new} malformed_lines={len(bad)}"
+    lines.append(f"  resumed={n_resumed} written={n_new} malformed_lines={len(bad)}"
                  + (f" (lines {', '.join(map(str, bad[:20]))}{', ...' if len(bad) > 20 else ''})" if bad else ""))
     if extractor is not None:
         lines.append("  llm: " + " ".join(f"{k}={v}" for k, v in extractor.stats.items()))
@@ -253,6 +253,24 @@ def run(args) -> int:
     if args.report:
         with open(args.report, "w", encoding="utf-8") as f:
             json.dump(rep, f, indent=2, ensure_ascii=False)
+
+
+def run(args) -> int:
+    try:
+        tok, extractor = _setup(args)
+        done = _resume_state(args.output)
+        stats = _Stats("tokens (" + os.path.basename(args.tokenizer) + ")" if tok is not None else "characters")
+        bad: List[int] = []
+        n_new = _annotate_file(args, tok, extractor, done, stats, bad)
+    except _UsageError as e:
+        print(f"dllm-masks extract: {e}", file=sys.stderr)
+        return 2
+    rep = stats.report()
+    rep.update(malformed_lines=bad, resumed=len(done), written=n_new,
+               method=args.method, fraction=args.fraction, seed=args.seed, target_rho=args.target_rho)
+    if extractor is not None:
+        rep["llm"] = dict(extractor.stats)
+    _report(args, rep, extractor, len(done), n_new, bad)
     return 0
 
 
