@@ -409,6 +409,7 @@ def wrap(outputs, call: Normalized) -> MaskedBatch:
     return MaskedBatch(noisy, labels, masked, lw, cu_out, rates, a.sigma.expand(a.num_segments))
 
 
+# Long only by its docstring (the public contract); the body is normalize -> kernel_for -> wrap.
 def priority_mask(
     input_ids: torch.Tensor,
     sigma: Union[float, torch.Tensor],

@@ -204,6 +204,9 @@ def _plain_result_check(trusted):
     return find
 
 
+# Long on purpose: everything the worker calls after the untrusted program has run is bound in
+# this one frame before it runs (closures over local names), so the program cannot replace it
+# through module globals; splitting it into module-level helpers would reopen that door.
 def _worker(cfg: dict, status_fd: int) -> None:
     # Bind what the report needs before the program can replace it (module attributes, builtins).
     seal = _sealer(bytes.fromhex(cfg.pop("key")))
