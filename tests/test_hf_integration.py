@@ -84,14 +84,14 @@ def test_accumulation_equals_one_big_batch(tmp_path):
     assert H.losses(big) == pytest.approx(H.losses(acc), rel=1e-4)
 
 
-def test_torchrun_two_processes_gloo(tmp_path):
-    out = tmp_path / "out.json"
+def _torchrun(script, out):
+    """Run ``script OUT`` under torchrun with 2 CPU processes; the JSON it writes."""
     env = dict(os.environ, OMP_NUM_THREADS="1")
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
-           "--master_port", str(port), os.path.join(os.path.dirname(__file__), "_hf_tiny.py"), str(out)]
+           "--master_port", str(port), os.path.join(os.path.dirname(__file__), script), str(out)]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
                             start_new_session=True)
     try:
@@ -101,12 +101,28 @@ def test_torchrun_two_processes_gloo(tmp_path):
         proc.communicate()
         raise
     assert proc.returncode == 0, err[-3000:]
-    res = json.loads(out.read_text())
+    return json.loads(out.read_text())
+
+
+def test_torchrun_two_processes_gloo(tmp_path, capsys):
+    res = _torchrun("_hf_tiny.py", tmp_path / "out.json")
+    with capsys.disabled():
+        print(f"\ntorchrun x2 (gloo, DDP through accelerate): {res}")
     assert res["world"] == 2 and res["backend"] == "gloo"
     assert res["params_equal"] and res["masks_differ"]
     # the step normalizer (sequence norm) counts every micro-batch of every rank: 2 ranks x 2 x 4 rows x 2 views
     assert res["normalizers"] == [32.0] * len(res["normalizers"])
     assert all(math.isfinite(x) for x in res["losses"]) and res["losses"][-1] < res["losses"][0]
+
+
+def test_fsdp2_on_cpu_gives_the_one_batch_gradient(tmp_path, capsys):
+    """torch's FSDP2 (fully_shard) on the CPU with gloo: the sharded gradient of the globally
+    normalized loss equals an unsharded model's gradient on the whole global batch."""
+    res = _torchrun("_fsdp_cpu.py", tmp_path / "fsdp.json")
+    with capsys.disabled():
+        print(f"\nFSDP2 x2 on CPU: {res}")
+    assert res["sharded"].startswith("FSDP") and res["loss"] == pytest.approx(res["ref_loss"], rel=1e-5)
+    assert res["max_grad_diff"] <= 1e-5 * max(res["max_grad"], 1.0)
 
 
 def test_collator_labels_prompt_len_and_spans():
