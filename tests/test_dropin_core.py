@@ -6,6 +6,8 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import dllm_masks as dm
 from dllm_masks import schedules as S
@@ -298,3 +300,26 @@ def test_masker_schedule_weights_and_priority():
         dm.Masker(1, sigma=(0.1, 0.9), loss_weight=cos)
     with pytest.raises(ValueError, match="^sigma"):
         dm.Masker(1, sigma=(0.9, 0.1))
+
+
+@settings(max_examples=30)
+@given(lens=st.lists(st.integers(0, 37), min_size=1, max_size=5), K=st.sampled_from([None, 1, 3, 32]),
+       comp=st.booleans(), kind=st.sampled_from(["linear", "cosine", "polynomial"]), seed=st.integers(0, 2**31))
+def test_masker_padded_equals_packed_drawn(lens, K, comp, kind, seed):
+    """With sample ids, padded rows (padding excluded) and the packed batch get the same masks and
+    weights, whatever the lengths, block size and schedule."""
+    B, L = len(lens), max(max(lens), 1)
+    g = torch.Generator().manual_seed(seed)
+    ids = torch.randint(3, 60, (B, L), generator=g)
+    prio = torch.rand(B, L, generator=g) < 0.3
+    attn = torch.arange(L)[None] < torch.tensor(lens)[:, None]
+    sch = S.Schedule(kind, power=2.0)
+    m = dm.Masker(1, complementary=comp, block_size=K, sigma=sch, loss_weight="token", weight=2.5, seed=seed)
+    sid = torch.arange(B) * 7 + 3
+    pad = m(ids, attention_mask=attn, priority=prio, sample_ids=sid)
+    cu = torch.cat([torch.zeros(1, dtype=torch.long), torch.tensor(lens).cumsum(0)])
+    pk = m(ids[attn], cu_seqlens=cu, priority=prio[attn], sample_ids=sid)
+    keep = attn.repeat(2 if comp else 1, 1)
+    assert torch.equal(pad.noisy_ids[keep], pk.noisy_ids) and torch.equal(pad.masked[keep], pk.masked)
+    assert torch.equal(pad.loss_weight[keep], pk.loss_weight) and torch.equal(pad.maskable[keep], pk.maskable)
+    assert bool((pad.loss_weight[~pad.masked] == 0).all()) and bool((pad.loss_weight[pad.masked] > 0).all())

@@ -38,6 +38,11 @@ def test_trainer_loss_falls(tmp_path, capsys):
         print(f"\nHF Trainer (MDLM, complementary, w=2): loss {ls[0]:.3f} -> {ls[-1]:.3f}; "
               f"mean of first 5 {first:.3f}, last 5 {last:.3f}")
     assert last < first - 0.3
+    # evaluation: its own mask stream, restarted at every evaluate(), and the training masks untouched
+    step = tr.masker.step
+    e1 = tr.evaluate(H.dataset(32, seed=1))["eval_loss"]
+    e2 = tr.evaluate(H.dataset(32, seed=1))["eval_loss"]
+    assert math.isfinite(e1) and e1 == e2 and tr.masker.step == step
 
 
 def test_model_is_bidirectional_through_the_4d_mask():

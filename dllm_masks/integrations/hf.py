@@ -237,8 +237,16 @@ class DiffusionTrainer(transformers.Trainer):
         return m
 
     def evaluate(self, *args, **kwargs):
+        """``transformers.Trainer.evaluate`` on masks of their own stream, the same at every call."""
         self._eval_masker = self._fresh_eval_masker()
         return super().evaluate(*args, **kwargs)
+
+    def prediction_step(self, model, inputs, prediction_loss_only, ignore_keys=None):
+        """The diffusion loss only (logits of the noisy views do not line up with ``labels``)."""
+        inputs = self._prepare_inputs(inputs)
+        with torch.no_grad(), self.compute_loss_context_manager():
+            loss = self.compute_loss(model, inputs)
+        return loss.detach(), None, None
 
     # -- checkpoints ---------------------------------------------------------------------------
     def _save_checkpoint(self, model, trial):
