@@ -69,7 +69,7 @@ def test_dllm_losses(sched, norm, bd3lm):
     sig = dm.Masker(MASK, sigma=dm.schedules.Schedule(sched), seed=3)(inputs["input_ids"], labels=inputs["labels"]).sigma
     t = sig.double() if sched == "linear" else 1 - torch.arccos(sig.double()) * 2 / math.pi
     ref = _dllm_reference(model.table[noisy].double(), noisy, inputs, t, sched, norm)
-    assert float(loss.detach()) == pytest.approx(float(ref), rel=1e-4)
+    assert float(loss.detach()) == pytest.approx(float(ref.detach()), rel=1e-4)
     assert not ((noisy == MASK) & (inputs["labels"] == -100)).any()
 
 
