@@ -52,8 +52,9 @@ class Masker:
     block_size : int, optional
         One σ per block of this many positions (BD3-LM's per-block σ); None: one σ per sequence
         (dFactory, LLaDA, MDLM).
-    sigma : (float, float) or Schedule
-        σ bounds, drawn uniformly (dFactory: (0.3, 0.8)), or a noise schedule.
+    sigma : (float, float) or Schedule, optional
+        σ bounds, drawn uniformly (dFactory: (0.3, 0.8)), or a noise schedule. Default: the linear
+        schedule with eps = 1e-3 (MDLM / LLaDA: σ uniform in [1e-3, 1]).
     sampling : {"bernoulli", "exact"}
     loss_weight : {None, "sigma", "token"} or Schedule
         Per-token weights to return (see the module docstring). A Schedule means ``"sigma"`` under
@@ -66,7 +67,7 @@ class Masker:
     """
 
     def __init__(self, mask_token_id: int, *, weight: float = 1.0, complementary: bool = False,
-                 block_size: Optional[int] = None, sigma: Union[Tuple[float, float], Schedule] = (0.0, 1.0),
+                 block_size: Optional[int] = None, sigma: Union[None, Tuple[float, float], Schedule] = None,
                  sampling: str = "bernoulli", loss_weight: Union[None, str, Schedule] = "sigma", seed: int = 0,
                  rank: Optional[int] = None, world_size: Optional[int] = None, backend: Optional[str] = None):
         self.mask_token_id = V.check_int("mask_token_id", mask_token_id)
@@ -75,6 +76,8 @@ class Masker:
             raise TypeError(f"complementary: expected a bool, got {type(complementary).__name__}")
         self.complementary = complementary
         self.block_size = None if block_size is None else V.check_int("block_size", block_size, low=1)
+        if sigma is None:
+            sigma = Schedule("linear", eps=1e-3)
         if isinstance(sigma, Schedule):
             self.schedule, self.low, self.high = sigma, None, None
         else:
