@@ -89,22 +89,32 @@ def test_accumulation_equals_one_big_batch(tmp_path):
     assert H.losses(big) == pytest.approx(H.losses(acc), rel=1e-4)
 
 
-def _torchrun(script, out):
-    """Run ``script OUT`` under torchrun with 2 CPU processes; the JSON it writes."""
-    env = dict(os.environ, OMP_NUM_THREADS="1")
+def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
-           "--master_port", str(port), os.path.join(os.path.dirname(__file__), script), str(out)]
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
-                            start_new_session=True)
-    try:
-        _, err = proc.communicate(timeout=180)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)  # the launcher and its two workers
-        proc.communicate()
-        raise
+        return s.getsockname()[1]
+
+
+PORT_TAKEN = ("Address already in use", "EADDRINUSE", "address already in use")
+
+
+def _torchrun(script, out):
+    """Run ``script OUT`` under torchrun with 2 CPU processes; the JSON it writes. A launch that
+    lost its free port to another process before binding it is retried once on a new port."""
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    for attempt in range(2):
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
+               "--master_port", str(_free_port()), os.path.join(os.path.dirname(__file__), script), str(out)]
+        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+                                start_new_session=True)
+        try:
+            _, err = proc.communicate(timeout=180)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)  # the launcher and its two workers
+            proc.communicate()
+            raise
+        if proc.returncode == 0 or attempt == 1 or not any(p in err for p in PORT_TAKEN):
+            break
     assert proc.returncode == 0, err[-3000:]
     return json.loads(out.read_text())
 
