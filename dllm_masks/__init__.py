@@ -6,8 +6,12 @@
 """
 from .ops import MaskedBatch, available_backends, num_segments, priority_mask
 from .rates import solve_rates
-from .schedules import keyed_sigma, sample_sigma
+from . import schedules
+from .loss import diffusion_loss, loss_normalizer
+from .masker import Masker
+from .schedules import Schedule, keyed_sigma, sample_sigma
 
 __version__ = "0.1.0"
 
-__all__ = ["priority_mask", "MaskedBatch", "solve_rates", "sample_sigma", "keyed_sigma", "num_segments", "available_backends"]
+__all__ = ["priority_mask", "MaskedBatch", "solve_rates", "sample_sigma", "keyed_sigma", "num_segments", "available_backends",
+           "Masker", "diffusion_loss", "loss_normalizer", "schedules", "Schedule"]

@@ -55,6 +55,9 @@ __all__ = [
     "flex_block_mask",
     "BlockDiffAttention",
     "ATTENTION_MODES",
+    "attention_mask_4d",
+    "position_ids_4d",
+    "block_mask_4d",
 ]
 
 log = logging.getLogger("dllm_masks")
@@ -246,6 +249,117 @@ def flex_block_mask(layout: BlockDiffLayout, *, BLOCK_SIZE: int = 128):
 
     n = layout.n
     return _flex.create_block_mask(mask_mod, 1, 1, n, n, device=layout.doc.device, BLOCK_SIZE=BLOCK_SIZE)
+
+
+# ---------------------------------------------------------------------------------------------
+# Padded rows [view 0 | ... | view V-1 | x_0] (HF models: a [B, 1, N, N] mask and position ids)
+# ---------------------------------------------------------------------------------------------
+def _row_descriptors(seq_len: int, block_size: int, views: int, device):
+    """(copy, position) int64 [(V+1)·L] of one padded row ``[view 0 | … | view V−1 | x_0]``."""
+    pos = torch.arange(seq_len, device=device, dtype=torch.int64)
+    copy = torch.cat([torch.full((seq_len,), v, dtype=torch.int64, device=device) for v in range(views)]
+                     + [torch.full((seq_len,), -1, dtype=torch.int64, device=device)])
+    return copy, pos.repeat(views + 1)
+
+
+def _check_rows(batch_size, seq_len, block_size, views, key_padding_mask):
+    B = V.check_int("batch_size", batch_size, low=0)
+    L = V.check_int("seq_len", seq_len, low=0)
+    K = V.check_int("block_size", block_size, low=1)
+    nv = V.check_int("views", views, low=1)
+    if key_padding_mask is not None:
+        V.check_tensor("key_padding_mask", key_padding_mask, dtypes=(torch.bool,) + V.INT_DTYPES, ndim=2)
+        V.check_shape("key_padding_mask", key_padding_mask, (B, L))
+    return B, L, K, nv
+
+
+def attention_mask_4d(batch_size: int, seq_len: int, block_size: int, *, views: int = 1,
+                      key_padding_mask: Optional[torch.Tensor] = None, dtype: torch.dtype = torch.bool,
+                      device=None) -> torch.Tensor:
+    """The block-diffusion attention mask of padded rows ``[view 0 | … | view V−1 | x_0]``.
+
+    Row b of the model input is ``cat(noisy view 0 of sequence b, …, view V−1, clean sequence b)``,
+    N = (V+1)·L tokens (for a padded :class:`~dllm_masks.MaskedBatch` ``out`` of V views:
+    ``torch.cat([out.noisy_ids.view(V, B, L).transpose(0, 1).reshape(B, V * L), input_ids], 1)``).
+    The rule is the module's (:func:`allowed`) with one document per row.
+
+    Parameters
+    ----------
+    batch_size, seq_len : int
+        B and L of the clean batch.
+    block_size : int
+        Block-diffusion block size K.
+    views : int
+        V noisy views per row (2 with ``complementary=True``).
+    key_padding_mask : torch.Tensor, bool/int, [B, L], optional
+        1 on real tokens, 0 on padding (HF ``attention_mask``); padding keys are never attended, in
+        any copy. A padding query attends itself only (so that no softmax row is empty).
+    dtype : torch.dtype
+        ``torch.bool`` (True = attend; SDPA's convention) or a floating dtype for an additive
+        mask (0 = attend, −inf = not), e.g. the model's dtype for eager attention.
+    device : torch.device, optional
+        Default: the device of ``key_padding_mask``, else CPU.
+
+    Returns
+    -------
+    torch.Tensor, ``dtype``, [B, 1, N, N].
+    """
+    B, L, K, nv = _check_rows(batch_size, seq_len, block_size, views, key_padding_mask)
+    if not isinstance(dtype, torch.dtype) or not (dtype == torch.bool or dtype.is_floating_point):
+        raise TypeError(f"dtype: expected torch.bool or a floating dtype, got {dtype}")
+    dev = device if device is not None else (key_padding_mask.device if key_padding_mask is not None else None)
+    copy, pos = _row_descriptors(L, K, nv, dev)
+    blk = pos // K
+    zero = torch.zeros_like(copy)
+    base = allowed(zero[:, None], copy[:, None], blk[:, None], zero[None, :], copy[None, :], blk[None, :])
+    mask = base[None].expand(B, -1, -1)
+    if key_padding_mask is not None:
+        real = (key_padding_mask.to(dev) != 0).repeat(1, nv + 1)  # [B, N]
+        eye = torch.eye(base.shape[0], dtype=torch.bool, device=dev)
+        mask = (mask & real[:, None, :] & real[:, :, None]) | (eye[None] & ~real[:, :, None])
+    mask = mask[:, None]
+    if dtype == torch.bool:
+        return mask.contiguous()
+    out = torch.zeros(mask.shape, dtype=dtype, device=mask.device)
+    return out.masked_fill_(~mask, float("-inf"))
+
+
+def position_ids_4d(batch_size: int, seq_len: int, *, views: int = 1, device=None) -> torch.Tensor:
+    """Position ids of the rows of :func:`attention_mask_4d`: every copy repeats 0..L−1
+    (right padding), int64 [B, (V+1)·L]."""
+    B = V.check_int("batch_size", batch_size, low=0)
+    L = V.check_int("seq_len", seq_len, low=0)
+    nv = V.check_int("views", views, low=1)
+    return torch.arange(L, device=device, dtype=torch.int64).repeat(nv + 1)[None].expand(B, -1).contiguous()
+
+
+def block_mask_4d(batch_size: int, seq_len: int, block_size: int, *, views: int = 1,
+                  key_padding_mask: Optional[torch.Tensor] = None, device=None, BLOCK_SIZE: int = 128):
+    """A FlexAttention ``BlockMask`` of the same rows and rule as :func:`attention_mask_4d`
+    (B batches, one head broadcast, N = (V+1)·L queries and keys).
+
+    Raises
+    ------
+    RuntimeError
+        When FlexAttention is not available in this torch (use :func:`attention_mask_4d`).
+    """
+    if not flex_available():
+        raise RuntimeError(f"block_mask_4d: FlexAttention is not available ({_flex_error}); use attention_mask_4d")
+    B, L, K, nv = _check_rows(batch_size, seq_len, block_size, views, key_padding_mask)
+    dev = device if device is not None else (key_padding_mask.device if key_padding_mask is not None else "cpu")
+    copy, pos = _row_descriptors(L, K, nv, dev)
+    blk = pos // K
+    if key_padding_mask is not None:
+        real = (key_padding_mask.to(dev) != 0).repeat(1, nv + 1)
+    else:
+        real = torch.ones(B, copy.numel(), dtype=torch.bool, device=dev)
+
+    def mask_mod(b, h, q_idx, kv_idx):
+        rule = allowed(0, copy[q_idx], blk[q_idx], 0, copy[kv_idx], blk[kv_idx]) & real[b, kv_idx] & real[b, q_idx]
+        return rule | ((q_idx == kv_idx) & ~real[b, q_idx])
+
+    n = copy.numel()
+    return _flex.create_block_mask(mask_mod, B, None, n, n, device=dev, BLOCK_SIZE=BLOCK_SIZE)
 
 
 _compiled_flex = None

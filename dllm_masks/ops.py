@@ -166,6 +166,10 @@ class MaskedBatch(NamedTuple):
         (q0, q1) per segment: the probability of masking a non-priority / priority token.
     sigma : torch.Tensor, float32, [S]
         σ per segment, after broadcasting.
+    maskable : torch.Tensor or None, bool, same shape as ``noisy_ids``
+        Tokens that could be masked in each view (the denominators of ``dm.diffusion_loss``'s
+        ``"maskable"`` and ``"sequence"`` norms). ``dm.Masker`` fills it; :func:`priority_mask`
+        leaves it None (``batch._replace(maskable=...)`` adds it).
     """
 
     noisy_ids: torch.Tensor
@@ -175,6 +179,7 @@ class MaskedBatch(NamedTuple):
     cu_seqlens: torch.Tensor
     rates: torch.Tensor
     sigma: torch.Tensor
+    maskable: Optional[torch.Tensor] = None
 
 
 def num_segments(cu_seqlens, block_size: Optional[int] = None) -> int:

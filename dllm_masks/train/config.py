@@ -202,7 +202,7 @@ class TrainConfig:
         Model init, data order, σ and masks all follow from it.
     max_steps : int
         Optimizer steps (the cosine schedule ends there).
-    loss_norm : {"masked", "maskable", "sequence"}
+    loss_norm : {"masked", "maskable", "sequence", "batch"}
     device : {"auto", "cpu", "cuda"}
     bf16 : bool
         bf16 autocast on CUDA (ignored on CPU).

@@ -1,5 +1,7 @@
-"""The masked-diffusion loss: cross-entropy on the masked tokens of the noisy views, times the op's
-``loss_weight``, normalized per masked token (dFactory), per maskable token (LLaDA) or per sequence.
+"""The masked-diffusion loss of the reference loop's packed :class:`TrainBatch`: cross-entropy on
+the masked tokens of the noisy views, times the op's ``loss_weight``, with the norms of
+:data:`dllm_masks.loss.NORMS` (the numerator is :func:`dllm_masks.loss.weighted_ce_sum`, shared
+with :func:`dllm_masks.diffusion_loss`).
 
 A step may span several micro-batches and ranks; the normalizer is the *global* count of the
 step, so gradient accumulation and data parallelism give the gradient of one big batch:
@@ -10,19 +12,15 @@ from __future__ import annotations
 from typing import Tuple
 
 import torch
-import torch.nn.functional as F
 
 from .. import validation as V
 from ..data.collate import TrainBatch
+from ..loss import NORMS, weighted_ce_sum
 from .forward import masked_index
 
 __all__ = ["NORMALIZATIONS", "loss_terms", "normalizer", "masked_index"]
 
-NORMALIZATIONS = {
-    "masked": "Σ w·CE / (masked tokens): each masked token counts once (dFactory)",
-    "maskable": "Σ w·CE / (maskable tokens of every view): LLaDA's estimator of the NELBO per answer token",
-    "sequence": "mean over noisy sequences of Σ_seq w·CE / (maskable tokens of the sequence) (LLaDA's SFT code)",
-}
+NORMALIZATIONS = NORMS
 
 
 def normalizer(batch: TrainBatch, norm: str) -> float:
@@ -45,17 +43,13 @@ def loss_terms(logits: torch.Tensor, batch: TrainBatch, index: torch.Tensor, nor
     batch : TrainBatch
     index : torch.Tensor, int64, [M]
         From :func:`masked_index`.
-    norm : {"masked", "maskable", "sequence"}
+    norm : {"masked", "maskable", "sequence", "batch"}
 
     Returns
     -------
     (torch.Tensor, scalar float32, differentiable; int M)
     """
     V.check_choice("train.loss_norm", norm, tuple(NORMALIZATIONS))
-    target = batch.labels[index]
-    ce = F.cross_entropy(logits, target, reduction="none")
-    coef = batch.loss_weight[index]
-    if norm == "sequence":
-        per_seq = batch.maskable_per_seq.clamp(min=1).to(coef.dtype)
-        coef = coef / per_seq[batch.seq_of_token[index]]
-    return (coef * ce).sum(), index.numel()
+    total = weighted_ce_sum(logits, batch.labels[index], batch.loss_weight[index], norm=norm,
+                            seq=batch.seq_of_token[index], maskable_per_seq=batch.maskable_per_seq)
+    return total, index.numel()
