@@ -304,14 +304,11 @@ def phase_variants(dev: str, budget: Budget, T: int) -> list:
                tk.LaunchSettings(1024, 2048, 8)):
         if budget.left() < 20:
             break
-        tk._override = st
-        try:
-            fn = lambda: dm.priority_mask(**dkw, backend="triton", validate=False)  # noqa: E731
-            fn()
-            out.append({"T": kw["input_ids"].numel(), **st._asdict(), **bench(fn)})
-            log(f"variant {st}: {out[-1]['median_ms']:.3f} ms")
-        finally:
-            tk._override = None
+        args = tuple(dm.ops.normalize(**dkw, validate=False).args)
+        fn = lambda: tk.priority_mask_triton(*args, settings=st)  # noqa: E731
+        fn()
+        out.append({"T": kw["input_ids"].numel(), **st._asdict(), **bench(fn)})
+        log(f"variant {st}: {out[-1]['median_ms']:.3f} ms")
     return out
 
 
