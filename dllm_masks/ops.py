@@ -405,25 +405,32 @@ def wrap(outputs, call: Normalized) -> MaskedBatch:
     :class:`MaskedBatch` for the call's layout (view-major [V·B, L] rows, or [V·T] packed)."""
     noisy, masked, labels, lw, rates = outputs
     a = call.args
-    nv = 2 if a.complementary else 1
     lw = lw if a.loss_weight_mode != LOSS_WEIGHT_MODES[None] else None
     if call.padded:
-        shape = (nv * call.batch, call.length)
+        shape = (_views(call) * call.batch, call.length)
         noisy, masked, labels = noisy.reshape(shape), masked.reshape(shape), labels.reshape(shape)
         lw = lw.reshape(shape) if lw is not None else None
-        cu_out = torch.arange(nv * call.batch + 1, device=noisy.device, dtype=torch.int32) * call.length
-    else:
-        cu = a.cu_seqlens
-        cu_out = torch.cat([cu, cu[1:] + call.length]) if a.complementary else cu
-    return MaskedBatch(noisy, labels, masked, lw, cu_out, rates, a.sigma.expand(a.num_segments))
+    return MaskedBatch(noisy, labels, masked, lw, _cu_out(call), rates, a.sigma.expand(a.num_segments))
+
+
+def _views(call: Normalized) -> int:
+    return 2 if call.args.complementary else 1
+
+
+def _cu_out(call: Normalized) -> torch.Tensor:
+    """int32 [V·B + 1] offsets of the output sequences (view 1's follow view 0's)."""
+    a = call.args
+    if call.padded:
+        return torch.arange(_views(call) * call.batch + 1, device=a.input_ids.device, dtype=torch.int32) * call.length
+    cu = a.cu_seqlens
+    return torch.cat([cu, cu[1:] + call.length]) if a.complementary else cu
 
 
 def _output_shapes(call: Normalized):
     """(shape of the per-token outputs, S) of a call: [V·B, L] padded or [V·T] packed."""
-    a = call.args
-    nv = 2 if a.complementary else 1
+    nv = _views(call)
     shape = (nv * call.batch, call.length) if call.padded else (nv * call.length,)
-    return shape, a.num_segments
+    return shape, call.args.num_segments
 
 
 def check_out(out, call: Normalized):
@@ -442,8 +449,8 @@ def check_out(out, call: Normalized):
     dev = a.input_ids.device
     shape, S = _output_shapes(call)
     has_lw = a.loss_weight_mode != LOSS_WEIGHT_MODES[None]
-    call_lw = next(k for k, v in LOSS_WEIGHT_MODES.items() if v == a.loss_weight_mode)
     if (out.loss_weight is not None) != has_lw:
+        call_lw = next(k for k, v in LOSS_WEIGHT_MODES.items() if v == a.loss_weight_mode)
         want = f"a float32 tensor (loss_weight={call_lw!r})" if has_lw else "None (loss_weight=None)"
         raise ValueError(f"out: loss_weight: expected {want}, got {'None' if out.loss_weight is None else 'a tensor'}")
     specs = [("noisy_ids", out.noisy_ids, a.input_ids.dtype, shape), ("masked", out.masked, torch.bool, shape),
@@ -466,8 +473,9 @@ def check_out(out, call: Normalized):
     if not torch.compiler.is_compiling():
         _check_no_overlap([(n, x) for n, x, _, _ in specs],
                           [(n, x) for n, x in zip(OpArgs._fields, a) if isinstance(x, torch.Tensor)])
-    flat = [x.reshape(-1) for _, x, _, _ in specs[:3]]
-    lw = specs[3][1].reshape(-1) if has_lw else torch.empty(0, dtype=torch.float32, device=dev)
+    flat = [x if x.dim() == 1 else x.reshape(-1) for _, x, _, _ in specs[:3]]
+    lw = (specs[3][1] if len(shape) == 1 else specs[3][1].reshape(-1)) if has_lw else \
+        torch.empty(0, dtype=torch.float32, device=dev)
     return flat[0], flat[1], flat[2], lw, out.rates
 
 
@@ -478,11 +486,12 @@ def _span(x: torch.Tensor):
 
 def _check_no_overlap(outs, ins):
     """ValueError if an output buffer shares memory with another or with an input."""
-    spans = [(n, _span(x)) for n, x in outs if x.numel()]
+    spans = [(f"out.{n}", _span(x)) for n, x in outs if x.numel()]
+    others = spans + [(f"the input {k}", _span(y)) for k, y in ins if y.numel()]
     for i, (n, (lo, hi)) in enumerate(spans):
-        for m, (lo2, hi2) in spans[i + 1:] + [(f"the input {k}", _span(y)) for k, y in ins if y.numel()]:
+        for m, (lo2, hi2) in others[i + 1:]:
             if lo < hi2 and lo2 < hi:
-                raise ValueError(f"out: {n}: shares memory with {m if m.startswith('the') else 'out.' + m}")
+                raise ValueError(f"out: {n[4:]}: shares memory with {m}")
 
 
 def empty_masked_batch(
@@ -641,6 +650,6 @@ def priority_mask(
         return wrap(kernel_for(backend, input_ids.device)(*call.args), call)
     bufs = check_out(out, call)
     kernel_for(backend, input_ids.device, out=True)(*call.args, **dict(zip(OUT_NAMES, bufs)))
-    res = wrap(bufs, call)
-    return res._replace(noisy_ids=out.noisy_ids, labels=out.labels, masked=out.masked, loss_weight=out.loss_weight,
-                        rates=out.rates)
+    a = call.args
+    return MaskedBatch(out.noisy_ids, out.labels, out.masked, out.loss_weight, _cu_out(call), out.rates,
+                       a.sigma.expand(a.num_segments))

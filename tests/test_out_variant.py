@@ -224,3 +224,25 @@ def test_torch_compile_fullgraph_one_op():
             assert torch.equal(getattr(buf, name), getattr(eager, name)), name
     calls = [n for n in graphs[0].graph.nodes if n.op == "call_function" and "dllm_masks" in str(n.target)]
     assert [str(n.target) for n in calls] == ["dllm_masks.priority_mask.out"]
+
+
+@pytest.mark.skipif(ops._cpp is None, reason="C++ extension not built")
+def test_benchmark_out_provider_and_reused_copy_floor(tmp_path, capsys):
+    """The benchmark's out= provider and reused-buffer copy floor run (timings live in benchmarks/)."""
+    import json
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
+    import bench_priority_mask as bench
+
+    out = tmp_path / "r.json"
+    assert bench.main(["--sizes", "4K,8K", "--providers", "cpp,out,copy,copy_reused", "--samplings", "bernoulli",
+                       "--block-size", "32", "--budget", "0.02", "--min-reps", "2", "--out", str(out),
+                       "--plot", str(tmp_path / "r.png")]) == 0
+    rec = json.loads(out.read_text())[-1]
+    assert {r["provider"] for r in rec["results"]} == {"cpp", "out", "copy", "copy_reused"}
+    assert rec["config"]["block_size"] == 32
+    assert all(r["x_copy_reused"] > 0 for r in rec["results"])
+    assert set(rec["flatness"]) == {"cpp/bernoulli", "out/bernoulli", "copy/-", "copy_reused/-"}
+    assert "flatness out/bernoulli" in capsys.readouterr().out
