@@ -246,3 +246,26 @@ def test_benchmark_out_provider_and_reused_copy_floor(tmp_path, capsys):
     assert all(r["x_copy_reused"] > 0 for r in rec["results"])
     assert set(rec["flatness"]) == {"cpp/bernoulli", "out/bernoulli", "copy/-", "copy_reused/-"}
     assert "flatness out/bernoulli" in capsys.readouterr().out
+
+
+@pytest.mark.skipif(not (torch.cuda.is_available() and not INTERPRET), reason="needs CUDA with TRITON_INTERPRET unset")
+def test_cuda_graph_replays_into_the_same_buffers():
+    """A graph captured around the out= call writes the caller's buffers on every replay, with the
+    seed read from a device tensor (fresh masks per replay, each equal to the reference)."""
+    from dllm_masks.testing import capture_graph
+
+    kw = packed_case([300, 5, 33], seed=3, complementary=True, loss_weight="sigma", weight=2.0)
+    dev = {k: (v.cuda() if isinstance(v, torch.Tensor) else v) for k, v in kw.items()}
+    seed, off = torch.tensor(5, device="cuda"), torch.tensor(0, device="cuda")
+    buf = dm.empty_masked_batch(dev["input_ids"], cu_seqlens=dev["cu_seqlens"], complementary=True, loss_weight="sigma")
+    replay, res = capture_graph(lambda: dm.priority_mask(**dict(dev, seed=seed, seq_offset=off), validate=False,
+                                                         out=buf))
+    assert res.noisy_ids is buf.noisy_ids
+    masks = []
+    for s in (7, 8):
+        seed.fill_(s)
+        replay()
+        torch.cuda.synchronize()
+        assert_same(dm.priority_mask(**dict(kw, seed=s), backend="ref"), res, f"seed {s}")
+        masks.append(buf.masked.clone())
+    assert not torch.equal(masks[0], masks[1])
