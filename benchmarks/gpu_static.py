@@ -6,8 +6,10 @@
 
 For every kernel specialization a user can reach (per sequence / per block of 32, Bernoulli /
 exact, with and without the complement and loss weights, int32 / int64 ids; priority and prompt
-lengths given, as in training) it compiles the two kernels to cubin for sm_80 and sm_90 with the
-ptxas that ships inside Triton, and reports:
+lengths given, as in training) it compiles the kernels that call launches to cubin for sm_80 and
+sm_90 with the ptxas that ships inside Triton (per block of up to 1021 positions only the mask
+kernel runs, one program per block; blocks longer than a chunk, here 2048, also launch the stats
+kernel), and reports:
 
 * registers per thread, spill stores / loads (``ptxas -v``), static shared memory (Triton's
   allocation and ptxas' count) and the theoretical occupancy those allow (warps resident per SM
@@ -36,10 +38,12 @@ import subprocess
 import sys
 import tempfile
 from pathlib import Path
+from typing import Optional
 
 ROOT = Path(__file__).resolve().parent.parent
 SEQ_LEN = 2048  # the benchmark workload's sequences (benchmarks/common.py)
 BLOCK = 32  # the block-diffusion recipe's block size
+LARGE_BLOCK = 2048  # blocks longer than a chunk of the per-block launch settings (K > 1021)
 BANDWIDTH = {"H100 SXM (3.35 TB/s)": 3.35e12, "H200 (4.8 TB/s)": 4.8e12}
 SIZES = {"1M": 1 << 20, "16M": 1 << 24}
 # Per-SM limits (CUDA occupancy calculator): registers, resident warps, resident blocks, shared memory.
@@ -88,15 +92,20 @@ def specializations(quick: bool) -> list:
     if quick:
         base = dict(complementary=True, loss_weight=True, ids="int64")
         for kernel, arch, exact, K in (("mask", 90, False, 0), ("mask", 90, False, BLOCK), ("mask", 80, False, 0),
-                                       ("mask", 90, True, BLOCK), ("stats", 90, False, BLOCK),
-                                       ("stats", 90, False, 0)):
+                                       ("mask", 90, True, BLOCK), ("stats", 90, False, 0),
+                                       ("stats", 90, False, LARGE_BLOCK)):
             specs.append(dict(base, kernel=kernel, arch=arch, exact=exact, block_size=K))
         return specs
     for arch in (80, 90):
-        for K in (0, BLOCK):
-            for exact in (False, True):
+        for exact in (False, True):
+            # Launch 1 runs per sequence and for blocks longer than a chunk (K > 1021) only.
+            for K in (0, LARGE_BLOCK):
                 specs.append(dict(kernel="stats", arch=arch, exact=exact, block_size=K, complementary=True,
                                   loss_weight=True, ids="int64"))
+            specs.append(dict(kernel="mask", arch=arch, exact=exact, block_size=LARGE_BLOCK, complementary=True,
+                              loss_weight=True, ids="int64"))
+        for K in (0, BLOCK):
+            for exact in (False, True):
                 for comp in (False, True):
                     for lw in (False, True):
                         for ids in ("int32", "int64"):
@@ -221,7 +230,7 @@ def classify(kernel: str, ptx: str) -> dict:
 # ---------------------------------------------------------------------------------------------
 # The model
 # ---------------------------------------------------------------------------------------------
-def traffic_model(mask: dict, stats: dict, K: int, exact: bool, T: int) -> dict:
+def traffic_model(mask: dict, stats: Optional[dict], K: int, exact: bool, T: int) -> dict:
     """Modelled bytes per token of one call on the benchmark workload (2048-token sequences, σ per
     sequence or per block of K).
 
@@ -231,10 +240,11 @@ def traffic_model(mask: dict, stats: dict, K: int, exact: bool, T: int) -> dict:
     outside loops (scalars: one thread's count is the program's) and the binary search
     (ceil(log2 S) steps), over the tokens per program (grid T / chunk + S). Per block, the torch
     ops that build the block table (about 48 bytes per segment). Both stats-kernel loops over
-    tokens run only for segments longer than a chunk (none here)."""
+    tokens run only for segments longer than a chunk (none here). ``stats`` None: blocks of at
+    most a chunk, launched as one program per segment without launch 1 (grid S)."""
     B = T // SEQ_LEN
     S = B if K == 0 else B * math.ceil(SEQ_LEN / K)
-    grid = T // mask["chunk"] + S
+    grid = S if stats is None else T // mask["chunk"] + S
     L = SEQ_LEN if K == 0 else K
     c = mask["classes"]
     per_thread = 32 * mask["num_warps"] / mask["tile"]
@@ -242,7 +252,7 @@ def traffic_model(mask: dict, stats: dict, K: int, exact: bool, T: int) -> dict:
     model = {"write_loop": (c["write_ld"] + c["write_st"]) * per_thread,
              "count_and_select_loops": c["count"] * per_thread * count_runs}
     once = 0.0
-    for k in (mask, stats):
+    for k in (mask, stats) if stats is not None else (mask,):
         kc = k["classes"]
         once += kc["once_ld"] + kc["once_st"] + kc["search"] * math.ceil(math.log2(max(S, 2)))
     model["per_program"] = once * grid / T
@@ -263,9 +273,11 @@ def report(results: list) -> dict:
                          **use, shared=r["shared"], **occ, classes=classify(r["kernel"], r["ptx"])))
     models = []
     for m in (x for x in rows if x["kernel"] == "mask"):
+        if m["block_size"] > LARGE_BLOCK // 2:
+            continue  # large blocks: resources only
         s = next((x for x in rows if x["kernel"] == "stats" and x["arch"] == m["arch"] and x["exact"] == m["exact"]
                   and x["block_size"] == m["block_size"]), None)
-        if s is None:
+        if s is None and m["block_size"] == 0:
             continue
         for label, T in SIZES.items():
             tm = traffic_model(m, s, m["block_size"], m["exact"], T)
@@ -282,12 +294,16 @@ def essential_bytes(complementary: bool, loss_weight: bool, ids: str) -> float:
     return e + 1 + (2 if complementary else 1) * (e + 1 + 8 + (4 if loss_weight else 0))
 
 
+def _sigma_per(K: int) -> str:
+    return f"block {K}" if K else "sequence"
+
+
 def text(rep: dict) -> str:
     lines = ["Triton priority_mask kernels compiled with Triton's ptxas (no GPU): resources per specialization",
              f"{'kernel':<6} {'sm':>3} {'sigma per':<9} {'sampling':<9} {'views':>5} {'lw':>3} {'ids':<5} {'warps':>5} "
              f"{'regs':>4} {'spill st/ld':>11} {'smem B':>7} {'occupancy':>9}  limiter"]
     for r in rep["kernels"]:
-        lines.append(f"{r['kernel']:<6} {r['arch']:>3} {'block 32' if r['block_size'] else 'sequence':<9} "
+        lines.append(f"{r['kernel']:<6} {r['arch']:>3} {_sigma_per(r['block_size']):<9} "
                      f"{'exact' if r['exact'] else 'bernoulli':<9} {2 if r['complementary'] else 1:>5} "
                      f"{'y' if r['loss_weight'] else 'n':>3} {r['ids']:<5} {r['num_warps']:>5} {r['registers']!s:>4} "
                      f"{r['spill_stores']!s:>5}/{r['spill_loads']!s:<5} {max(r['shared'], r['ptxas_smem']):>7} "
@@ -301,7 +317,7 @@ def text(rep: dict) -> str:
             continue
         seen.add(key)
         c = r["classes"]
-        lines.append(f"  {r['kernel']:<5} {'block 32' if r['block_size'] else 'sequence':<9} "
+        lines.append(f"  {r['kernel']:<5} {_sigma_per(r['block_size']):<9} "
                      f"{'exact' if r['exact'] else 'bernoulli':<9} views={2 if r['complementary'] else 1} "
                      f"lw={'y' if r['loss_weight'] else 'n'} {r['ids']:<5} tile={r['tile']:>4} threads={32 * r['num_warps']:>3}: "
                      f"write loop ld {c['write_ld']} B st {c['write_st']} B, count loop {c['count']} B, "
@@ -314,7 +330,7 @@ def text(rep: dict) -> str:
     for m in rep["roofline_model"]:
         if m["arch"] != 90:
             continue
-        lines.append(f"{m['arch']:>3} {'block 32' if m['block_size'] else 'sequence':<9} "
+        lines.append(f"{m['arch']:>3} {_sigma_per(m['block_size']):<9} "
                      f"{'exact' if m['exact'] else 'bernoulli':<9} {2 if m['complementary'] else 1:>5} "
                      f"{'y' if m['loss_weight'] else 'n':>3} {m['ids']:<5} {m['T']:>4} {m['bytes_per_token']['total']:>8.1f} "
                      f"{essential_bytes(m['complementary'], m['loss_weight'], m['ids']):>9.0f} "

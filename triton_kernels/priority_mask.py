@@ -19,6 +19,9 @@ Work decomposition (no host sync, so CUDA graphs can capture it):
 * Launch 2, ``_mask_kernel``: counts (its own chunk when the segment is one chunk, else the sum of
   launch 1's partial counts), solves (q0, q1) in float64, then draws Philox for four tokens per
   call and writes both views: noisy ids, masks, labels and loss weights.
+* Per block with ``block_size <= CHUNK`` (every K up to 1021 with the default settings) each
+  segment is one chunk, so the grid is S programs, program s handles segment s, and launch 1 is
+  skipped: no binary search, no idle programs.
 
 ``sampling="exact"``: within each group (priority or not) of a segment the k smallest keys
 ``(r << 31) | j`` (r the stream-1 draw, j < 2^31 the position: ties go to the lower position, as in
@@ -350,14 +353,22 @@ def _mask_kernel(
     T, S, w_bits, w_mode, sigma_stride, has_sid, lw_mode, mask_id,
     CHUNK: tl.constexpr, G: tl.constexpr, SEG_IS_SEQ: tl.constexpr,
     HAS_PRIO: tl.constexpr, HAS_MASKABLE: tl.constexpr, HAS_PROMPT: tl.constexpr, EXACT: tl.constexpr,
-    COMPLEMENT: tl.constexpr, HAS_LW: tl.constexpr,
+    COMPLEMENT: tl.constexpr, HAS_LW: tl.constexpr, SEG_PER_PROGRAM: tl.constexpr,
 ):
-    """Launch 2: rates of the program's segment, then its chunk's masks and both views."""
+    """Launch 2: rates of the program's segment, then its chunk's masks and both views.
+    ``SEG_PER_PROGRAM`` (blocks no longer than a chunk): program s is segment s, whole (a grid of
+    S programs, no launch 1, no program → segment map)."""
     pid = tl.program_id(0).to(tl.int64)
-    s = tl.load(prog_seg_ptr + pid).to(tl.int64)
+    if SEG_PER_PROGRAM:
+        s = pid
+    else:
+        s = tl.load(prog_seg_ptr + pid).to(tl.int64)
     if s >= 0:
         seg_lo, seg_hi, b, cu_b, first, nch = _segment(s, segstart_ptr, segseq_ptr, cu_ptr, CHUNK, SEG_IS_SEQ)
-        c = pid - first
+        if SEG_PER_PROGRAM:
+            c = pid * 0  # the segment's one chunk (nch == 1)
+        else:
+            c = pid - first
         plen_b = 0
         if HAS_PROMPT:
             plen_b = tl.load(plen_ptr + b)
@@ -538,11 +549,14 @@ def priority_mask_triton_out(input_ids, cu_seqlens, sigma, priority, maskable, p
     rng = rng.to(torch.int64).contiguous()
     segstart, segseq = _segment_table(cu, T, K, S) if K > 0 else (cu, cu)
     st = settings or launch_settings(K)
-    grid = T // st.chunk + S
-    prog_seg = torch.empty(grid, dtype=torch.int32, device=dev)
-    partial = torch.empty(grid, dtype=torch.int64, device=dev)
-    cut = torch.empty(2 * S if exact else 1, dtype=torch.int64, device=dev)
+    # Blocks no longer than a chunk are one chunk each: one program per segment, found from its
+    # program id (no launch 1 and no binary search).
+    per_program = 0 < K <= st.chunk
+    grid = S if per_program else T // st.chunk + S
     dummy = rng  # never read: its flag is off
+    prog_seg = dummy if per_program else torch.empty(grid, dtype=torch.int32, device=dev)
+    partial = dummy if per_program else torch.empty(grid, dtype=torch.int64, device=dev)
+    cut = torch.empty(2 * S if exact and not per_program else 1, dtype=torch.int64, device=dev)
     prio = priority.contiguous() if priority is not None else dummy
     prio = prio.view(torch.uint8) if prio.dtype == torch.bool else prio
     mk = maskable.contiguous().view(torch.uint8) if maskable is not None else dummy
@@ -554,14 +568,15 @@ def priority_mask_triton_out(input_ids, cu_seqlens, sigma, priority, maskable, p
     flags = dict(CHUNK=st.chunk, G=st.tile // 4, SEG_IS_SEQ=K == 0, HAS_PRIO=priority is not None,
                  HAS_MASKABLE=maskable is not None, HAS_PROMPT=prompt_lens is not None, EXACT=bool(exact))
 
-    _stats_kernel[(grid,)](cu, segstart, segseq, sig, prio, mk, plen, sid, rng, prog_seg, partial, cut,
-                           *scalars, **flags, num_warps=st.num_warps if exact else st.stats_warps,
-                           enable_fp_fusion=False)
+    if not per_program:
+        _stats_kernel[(grid,)](cu, segstart, segseq, sig, prio, mk, plen, sid, rng, prog_seg, partial, cut,
+                               *scalars, **flags, num_warps=st.num_warps if exact else st.stats_warps,
+                               enable_fp_fusion=False)
     _mask_kernel[(grid,)](ids, cu, segstart, segseq, sig, prio, mk, plen, sid, rng,
                           noisy, masked, labels, loss_weight if loss_weight_mode else dummy, rates, prog_seg, partial,
                           cut, T, *scalars, int(loss_weight_mode), int(mask_token_id),
                           **flags, COMPLEMENT=bool(complementary), HAS_LW=bool(loss_weight_mode),
-                          num_warps=st.num_warps, enable_fp_fusion=False)
+                          SEG_PER_PROGRAM=per_program, num_warps=st.num_warps, enable_fp_fusion=False)
     return None
 
 
@@ -589,7 +604,7 @@ def compile_specialization(kernel: str = "mask", arch: int = 90, *, exact: bool 
     st = settings or launch_settings(block_size)
     const = dict(CHUNK=st.chunk, G=st.tile // 4, SEG_IS_SEQ=block_size == 0, HAS_PRIO=has_priority,
                  HAS_MASKABLE=has_maskable, HAS_PROMPT=has_prompt, EXACT=exact, COMPLEMENT=complementary,
-                 HAS_LW=loss_weight)
+                 HAS_LW=loss_weight, SEG_PER_PROGRAM=0 < block_size <= st.chunk)
     seg = "*i32" if block_size == 0 else "*i64"
     ids = {torch.int32: "*i32", torch.int64: "*i64"}[ids_dtype]
     types = dict(_PTR_TYPES, segstart_ptr=seg, segseq_ptr=seg, ids_ptr=ids, noisy_ptr=ids)
