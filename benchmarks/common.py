@@ -120,7 +120,7 @@ def time_interleaved(fns: Dict[str, Callable[[], object]], *, min_reps: int = 5,
 def summarize(times: List[float]) -> dict:
     q = statistics.quantiles(times, n=5) if len(times) >= 2 else [times[0]] * 4
     return {"median_ms": 1e3 * statistics.median(times), "p20_ms": 1e3 * q[0], "p80_ms": 1e3 * q[-1],
-            "reps": len(times)}
+            "min_ms": 1e3 * min(times), "reps": len(times)}
 
 
 def git_commit() -> str:

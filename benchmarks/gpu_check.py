@@ -16,10 +16,14 @@ reports what it measured):
 4. ``timings``: the benchmark workload of ``benchmarks/common.py`` (sequences of 2048, 25 %
    priority, σ ~ U[0.3, 0.8], w = 2, complementary, labels) at T = 1M, 4M, 16M, 64M tokens for
    ``ref`` (eager reference), ``compiled`` (torch.compile of the reference), ``dfactory`` (uniform
-   ``rand < t`` masking), ``triton`` (the public op, eager), ``triton_graph`` (the same op
+   ``rand < t`` masking), ``triton`` (the public op, eager), ``triton_out`` (the same writing into
+   reused buffers, ``out=``), ``triton_graph`` (the same op
    replayed from a CUDA graph: device time without launch gaps) and ``copy`` (a device copy of the
    same bytes: the floor). Medians of ``triton.testing.do_bench`` (device events, L2 flushed
    between repeats); a case that would not fit the time budget is skipped and says so.
+
+``--block-size 32`` times σ per block of 32 positions instead of per sequence (the block-diffusion
+recipe); run it as a second pass, e.g. ``--skip graph,pytest,variants --block-size 32``.
 
 ``--dry-run`` runs every phase on the CPU: the kernels in Triton's interpreter, tiny sizes, host
 timers, a test subset. It checks the script, not the GPU: its times mean nothing.
@@ -55,7 +59,7 @@ import dllm_masks as dm  # noqa: E402
 from dllm_masks.reference import priority_mask_ref  # noqa: E402
 
 SIZES = {"1M": 1 << 20, "4M": 1 << 22, "16M": 1 << 24, "64M": 1 << 26}
-PROVIDERS = ["copy", "triton", "triton_graph", "dfactory", "ref", "compiled"]
+PROVIDERS = ["copy", "triton", "triton_out", "triton_graph", "dfactory", "ref", "compiled"]
 TARGETS = "T = 16M: >= 75 % of copy bandwidth, >= 20x eager ref, >= 3x compiled ref; T = 1M: <= 2x the copy floor"
 
 
@@ -213,8 +217,8 @@ def _timer(dev: str):
     return bench
 
 
-def phase_timings(dev: str, sizes, providers, budget: Budget, record: dict, save) -> list:
-    from bench_priority_mask import op_args
+def phase_timings(dev: str, sizes, providers, budget: Budget, record: dict, save, block_size=None) -> list:
+    from bench_priority_mask import op_args, with_block_size
     from dllm_masks.testing import assert_same
 
     bench = _timer(dev)
@@ -224,7 +228,7 @@ def phase_timings(dev: str, sizes, providers, budget: Budget, record: dict, save
         if budget.left() < 20:
             skipped.append({"T": T, "provider": "*", "why": "time budget spent"})
             continue
-        kw = C.workload(T, device=dev)
+        kw = with_block_size(C.workload(T, device=dev), block_size)
         nbytes = C.essential_bytes(kw)
         dkw = dict(kw, seed=torch.tensor(kw["seed"], device=dev), seq_offset=torch.tensor(0, device=dev))
         triton_fn = lambda: dm.priority_mask(**dkw, backend="triton", validate=False)  # noqa: E731
@@ -260,6 +264,10 @@ def phase_timings(dev: str, sizes, providers, budget: Budget, record: dict, save
                     fn = lambda: dst.copy_(src)  # noqa: E731
                 elif prov == "triton":
                     fn = triton_fn
+                elif prov == "triton_out":
+                    buf = dm.empty_masked_batch(kw["input_ids"], cu_seqlens=kw["cu_seqlens"],
+                                                block_size=kw.get("block_size"), complementary=True)
+                    fn = lambda: dm.priority_mask(**dkw, backend="triton", validate=False, out=buf)  # noqa: E731
                 elif prov == "triton_graph":
                     fn = capture_graph(triton_fn)[0]
                 elif prov == "ref":
@@ -304,14 +312,11 @@ def phase_variants(dev: str, budget: Budget, T: int) -> list:
                tk.LaunchSettings(1024, 2048, 8)):
         if budget.left() < 20:
             break
-        tk._override = st
-        try:
-            fn = lambda: dm.priority_mask(**dkw, backend="triton", validate=False)  # noqa: E731
-            fn()
-            out.append({"T": kw["input_ids"].numel(), **st._asdict(), **bench(fn)})
-            log(f"variant {st}: {out[-1]['median_ms']:.3f} ms")
-        finally:
-            tk._override = None
+        args = tuple(dm.ops.normalize(**dkw, validate=False).args)
+        fn = lambda: tk.priority_mask_triton(*args, settings=st)  # noqa: E731
+        fn()
+        out.append({"T": kw["input_ids"].numel(), **st._asdict(), **bench(fn)})
+        log(f"variant {st}: {out[-1]['median_ms']:.3f} ms")
     return out
 
 
@@ -390,6 +395,7 @@ def main(argv=None) -> int:
     ap.add_argument("--budget", type=float, default=450.0, help="seconds for the whole run")
     ap.add_argument("--pytest-cap", type=float, default=200.0, help="seconds at most for the test phase")
     ap.add_argument("--skip", default="", help="comma list of phases to skip: graph,pytest,timings,variants")
+    ap.add_argument("--block-size", type=int, default=None, help="timings with one σ per block of this many positions")
     args = ap.parse_args(argv)
     budget = Budget(args.budget)
     dev = "cpu" if args.dry_run else "cuda"
@@ -411,7 +417,8 @@ def main(argv=None) -> int:
               "commit": os.environ.get("DLLM_MASKS_COMMIT") or C.git_commit(), "device": dev,
               "config": {"seq_len": C.SEQ_LEN, "prio_rate": 0.25, "sigma": [0.3, 0.8], "weight": 2.0,
                          "complementary": True, "ids": "int64", "loss_weight": None, "sampling": "bernoulli",
-                         "validate": False, "budget_s": args.budget}, "targets_spec": TARGETS}
+                         "validate": False, "budget_s": args.budget, "block_size": args.block_size},
+              "targets_spec": TARGETS}
     path = args.out / "gpu_check.json"
 
     def save():
@@ -420,7 +427,7 @@ def main(argv=None) -> int:
     phases = [("env", lambda: phase_env(dev, args.out)),
               ("graph", lambda: phase_graph(dev)),
               ("pytest", lambda: phase_pytest(dev, args.out, budget, args.pytest_cap)),
-              ("timings", lambda: phase_timings(dev, sizes, providers, budget, record, save)),
+              ("timings", lambda: phase_timings(dev, sizes, providers, budget, record, save, args.block_size)),
               ("variants", lambda: phase_variants(dev, budget, sizes[0][1]))]
     failed = False
     for name, run in phases:

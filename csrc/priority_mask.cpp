@@ -1,7 +1,8 @@
 // dllm_masks::priority_mask, CPU kernel (docs/design.md §3–§7, §9).
 //
-// Layers: priority_mask_cpu() (here) checks every argument and index, normalizes dtypes, builds
-// the segment table and allocates the outputs; the kernel (priority_mask_kernel.h, built for the
+// Layers: priority_mask_cpu() / priority_mask_out_cpu() (here) = check_inputs() (every argument
+// and index, dtypes normalized) → segment_table() → the outputs (allocated, or the caller's
+// buffers checked by check_outputs()) → make_ctx() → the kernel (priority_mask_kernel.h, built for the
 // baseline ISA here and for AVX-512 in priority_mask_avx512.cpp) then runs one fused pass per
 // segment (count maskable and priority tokens, solve the rates in float64, draw, threshold in
 // integers, write every output) with no allocation and no check left inside its parallel loop.
@@ -101,16 +102,19 @@ bool use_avx512_kernel() {
   return detail::have_avx512_kernel();
 }
 
-}  // namespace
+// The inputs after check_inputs(): contiguous, in the dtypes the kernel reads, with the sizes
+// every index of the kernel was checked against.
+struct Inputs {
+  at::Tensor ids, cu, sigma, priority, maskable, prompt_lens, sample_ids, rng;
+  int64_t T = 0, B = 0, S = 0;
+};
 
-std::string kernel_isa() { return use_avx512_kernel() ? "avx512" : "baseline"; }
-
-std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> priority_mask_cpu(
-    const at::Tensor& input_ids_, const at::Tensor& cu_seqlens_, const at::Tensor& sigma_,
-    const std::optional<at::Tensor>& priority_, const std::optional<at::Tensor>& maskable_,
-    const std::optional<at::Tensor>& prompt_lens_, const std::optional<at::Tensor>& sample_ids_,
-    const at::Tensor& rng_, double weight, int64_t block_size, int64_t num_segments, bool exact,
-    bool complementary, int64_t loss_weight_mode, int64_t mask_token_id) {
+Inputs check_inputs(const at::Tensor& input_ids_, const at::Tensor& cu_seqlens_, const at::Tensor& sigma_,
+                    const std::optional<at::Tensor>& priority_, const std::optional<at::Tensor>& maskable_,
+                    const std::optional<at::Tensor>& prompt_lens_, const std::optional<at::Tensor>& sample_ids_,
+                    const at::Tensor& rng_, double weight, int64_t block_size, int64_t num_segments,
+                    int64_t loss_weight_mode, int64_t mask_token_id) {
+  Inputs in;
   // --- dtypes, devices, shapes -----------------------------------------------------------------
   check_cpu(input_ids_, "input_ids");
   const at::ScalarType id_type = input_ids_.scalar_type();
@@ -126,32 +130,32 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> priority_
                    "priority_mask: cu_seqlens: expected dtype int32 or int64, got ", cu_seqlens_.scalar_type());
   TORCH_CHECK_VALUE(cu_seqlens_.dim() == 1 && cu_seqlens_.numel() >= 1,
                     "priority_mask: cu_seqlens: expected a 1-D tensor of B+1 >= 1 offsets, got shape ", cu_seqlens_.sizes());
-  const at::Tensor cu_t = cu_seqlens_.to(at::kLong).contiguous();
-  const int64_t B = cu_t.numel() - 1;
+  in.cu = cu_seqlens_.to(at::kLong).contiguous();
+  const int64_t B = in.cu.numel() - 1;
 
   check_cpu(sigma_, "sigma");
   TORCH_CHECK_TYPE(at::isFloatingType(sigma_.scalar_type()), "priority_mask: sigma: expected a floating dtype, got ",
                    sigma_.scalar_type());
   TORCH_CHECK_VALUE(sigma_.dim() <= 1, "priority_mask: sigma: expected a 1-D tensor, got shape ", sigma_.sizes());
-  const at::Tensor sigma_t = sigma_.to(at::kFloat).contiguous();
+  in.sigma = sigma_.to(at::kFloat).contiguous();
 
-  const at::Tensor prio_t = token_bytes(priority_, "priority", T);
-  const at::Tensor mk_t = token_bytes(maskable_, "maskable", T);
+  in.priority = token_bytes(priority_, "priority", T);
+  in.maskable = token_bytes(maskable_, "maskable", T);
   TORCH_CHECK_VALUE(!(maskable_.has_value() && prompt_lens_.has_value()),
                     "priority_mask: maskable: give either maskable or prompt_lens, not both");
-  const at::Tensor plen_t = seq_int64(prompt_lens_, "prompt_lens", B);
-  const at::Tensor sid_t = seq_int64(sample_ids_, "sample_ids", B);
+  in.prompt_lens = seq_int64(prompt_lens_, "prompt_lens", B);
+  in.sample_ids = seq_int64(sample_ids_, "sample_ids", B);
 
   check_cpu(rng_, "rng");
   TORCH_CHECK_TYPE(rng_.scalar_type() == at::kLong, "priority_mask: rng: expected dtype int64, got ", rng_.scalar_type());
   TORCH_CHECK_VALUE(rng_.dim() == 1 && rng_.numel() == 2, "priority_mask: rng: expected shape [2] (seed, seq_offset), got ",
                     rng_.sizes());
-  const at::Tensor rng_t = rng_.contiguous();
+  in.rng = rng_.contiguous();
 
   // --- scalars -------------------------------------------------------------------------------------
   TORCH_CHECK_VALUE(!std::isnan(weight) && weight >= 0.0, "priority_mask: weight: must be in [0, inf], got ", weight);
   TORCH_CHECK_VALUE(block_size >= 0, "priority_mask: block_size: must be >= 0 (0: one segment per sequence), got ", block_size);
-  TORCH_CHECK_VALUE(loss_weight_mode >= 0 && loss_weight_mode <= 2,
+  TORCH_CHECK_VALUE(loss_weight_mode >= detail::kLossWeightNone && loss_weight_mode <= detail::kLossWeightToken,
                     "priority_mask: loss_weight_mode: expected 0 (none), 1 (sigma) or 2 (token), got ", loss_weight_mode);
   const int64_t id_min = id_type == at::kInt ? std::numeric_limits<int32_t>::min() : std::numeric_limits<int64_t>::min();
   const int64_t id_max = id_type == at::kInt ? std::numeric_limits<int32_t>::max() : std::numeric_limits<int64_t>::max();
@@ -159,7 +163,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> priority_
                     " does not fit input_ids' dtype ", id_type);
 
   // --- values: offsets, segments, σ, prompt lengths ------------------------------------------------
-  const int64_t* cu = cu_t.data_ptr<int64_t>();
+  const int64_t* cu = in.cu.data_ptr<int64_t>();
   TORCH_CHECK_VALUE(cu[0] == 0, "priority_mask: cu_seqlens: must start at 0, got ", cu[0]);
   int64_t S = 0;
   for (int64_t b = 0; b < B; ++b) {
@@ -172,81 +176,187 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> priority_
   }
   TORCH_CHECK_VALUE(cu[B] == T, "priority_mask: cu_seqlens: must end at T = input_ids.numel() = ", T, ", got ", cu[B]);
   TORCH_CHECK_VALUE(num_segments == S, "priority_mask: num_segments: expected ", S, " (the batch's segments), got ", num_segments);
-  TORCH_CHECK_VALUE(sigma_t.numel() == 1 || sigma_t.numel() == S, "priority_mask: sigma: expected 1 or ", S,
-                    " values (one per segment), got ", sigma_t.numel());
-  const float* sig = sigma_t.data_ptr<float>();
-  for (int64_t i = 0; i < sigma_t.numel(); ++i) {
+  TORCH_CHECK_VALUE(in.sigma.numel() == 1 || in.sigma.numel() == S, "priority_mask: sigma: expected 1 or ", S,
+                    " values (one per segment), got ", in.sigma.numel());
+  const float* sig = in.sigma.data_ptr<float>();
+  for (int64_t i = 0; i < in.sigma.numel(); ++i) {
     TORCH_CHECK_VALUE(sig[i] >= 0.0f && sig[i] <= 1.0f, "priority_mask: sigma: must lie in [0, 1], got sigma[", i, "] = ", sig[i]);
   }
-  if (plen_t.defined()) {
-    const int64_t* pl = plen_t.data_ptr<int64_t>();
+  if (in.prompt_lens.defined()) {
+    const int64_t* pl = in.prompt_lens.data_ptr<int64_t>();
     for (int64_t b = 0; b < B; ++b) {
       TORCH_CHECK_VALUE(pl[b] >= 0 && pl[b] <= cu[b + 1] - cu[b], "priority_mask: prompt_lens: prompt_lens[", b, "] = ", pl[b],
                         " is outside [0, ", cu[b + 1] - cu[b], "] (the sequence's length)");
     }
   }
+  in.ids = input_ids_.contiguous();
+  in.T = T;
+  in.B = B;
+  in.S = S;
+  return in;
+}
 
-  // --- segment table (sequence-major; blocks aligned to each sequence's first token) --------------
-  at::Tensor seg_t = at::empty({2 * S + 1}, at::kLong);
-  int64_t* seg_start = seg_t.data_ptr<int64_t>();
+// Segment table, int64 [2S + 1]: the first token of each segment [S + 1] (the last = T), then the
+// sequence of each segment [S]. Sequence-major; blocks aligned to each sequence's first token.
+at::Tensor segment_table(const Inputs& in, int64_t block_size) {
+  const int64_t S = in.S;
+  at::Tensor table = at::empty({2 * S + 1}, at::kLong);
+  int64_t* seg_start = table.data_ptr<int64_t>();
   int64_t* seg_seq = seg_start + S + 1;
-  {
-    int64_t s = 0;
-    for (int64_t b = 0; b < B; ++b) {
-      if (block_size == 0) {
-        seg_start[s] = cu[b];
+  const int64_t* cu = in.cu.data_ptr<int64_t>();
+  int64_t s = 0;
+  for (int64_t b = 0; b < in.B; ++b) {
+    if (block_size == 0) {
+      seg_start[s] = cu[b];
+      seg_seq[s++] = b;
+    } else {
+      for (int64_t t = cu[b]; t < cu[b + 1]; t += std::min(block_size, cu[b + 1] - t)) {
+        seg_start[s] = t;
         seg_seq[s++] = b;
-      } else {
-        for (int64_t t = cu[b]; t < cu[b + 1]; t += std::min(block_size, cu[b + 1] - t)) {
-          seg_start[s] = t;
-          seg_seq[s++] = b;
-        }
       }
     }
-    seg_start[S] = T;
   }
+  seg_start[S] = in.T;
+  return table;
+}
 
-  // --- outputs ---------------------------------------------------------------------------------------
-  const at::Tensor ids = input_ids_.contiguous();
-  const int64_t V = complementary ? 2 : 1;
-  at::Tensor noisy = at::empty({V * T}, ids.options());
-  at::Tensor masked = at::empty({V * T}, ids.options().dtype(at::kBool));
-  at::Tensor labels = at::empty({V * T}, ids.options().dtype(at::kLong));
-  at::Tensor lw = at::empty({loss_weight_mode ? V * T : 0}, ids.options().dtype(at::kFloat));
-  at::Tensor rates = at::empty({S, 2}, ids.options().dtype(at::kDouble));
-  if (huge_pages_enabled()) for (const at::Tensor* x : {&noisy, &masked, &labels, &lw}) advise_huge_pages(*x);
+// The five outputs, flat: noisy_ids [V*T] (input dtype), masked bool, labels int64, loss_weight
+// float32 [V*T] (or [0]), rates float64 [S, 2].
+struct Outputs {
+  at::Tensor noisy, masked, labels, loss_weight, rates;
+};
 
+Outputs allocate_outputs(const Inputs& in, bool complementary, int64_t loss_weight_mode) {
+  const int64_t n = (complementary ? 2 : 1) * in.T;
+  const auto opt = in.ids.options();
+  Outputs o{at::empty({n}, opt), at::empty({n}, opt.dtype(at::kBool)), at::empty({n}, opt.dtype(at::kLong)),
+            at::empty({loss_weight_mode != detail::kLossWeightNone ? n : 0}, opt.dtype(at::kFloat)),
+            at::empty({in.S, 2}, opt.dtype(at::kDouble))};
+  if (huge_pages_enabled()) {
+    for (const at::Tensor* x : {&o.noisy, &o.masked, &o.labels, &o.loss_weight}) advise_huge_pages(*x);
+  }
+  return o;
+}
+
+// A caller's buffer: a CPU tensor of the given dtype and shape, contiguous.
+void check_buffer(const at::Tensor& x, const char* name, at::ScalarType dtype, at::IntArrayRef shape) {
+  check_cpu(x, name);
+  TORCH_CHECK_TYPE(x.scalar_type() == dtype, "priority_mask: ", name, ": expected dtype ", dtype, ", got ", x.scalar_type());
+  TORCH_CHECK_VALUE(x.sizes() == shape, "priority_mask: ", name, ": expected shape ", shape, ", got ", x.sizes());
+  TORCH_CHECK_VALUE(x.is_contiguous(), "priority_mask: ", name, ": must be contiguous");
+}
+
+// Bytes [lo, hi) of a contiguous tensor (empty for an empty one).
+std::pair<uintptr_t, uintptr_t> byte_span(const at::Tensor& x) {
+  if (!x.defined() || x.numel() == 0) return {0, 0};
+  const uintptr_t lo = reinterpret_cast<uintptr_t>(x.data_ptr());
+  return {lo, lo + uintptr_t(x.numel()) * uintptr_t(x.element_size())};
+}
+
+// The out-variant's buffers: dtypes, shapes and contiguity as allocate_outputs() would make them,
+// and no byte shared with another buffer or with an input the kernel reads.
+void check_outputs(const Outputs& o, const Inputs& in, bool complementary, int64_t loss_weight_mode) {
+  const int64_t n = (complementary ? 2 : 1) * in.T;
+  check_buffer(o.noisy, "noisy", in.ids.scalar_type(), {n});
+  check_buffer(o.masked, "masked", at::kBool, {n});
+  check_buffer(o.labels, "labels", at::kLong, {n});
+  check_buffer(o.loss_weight, "loss_weight", at::kFloat, {loss_weight_mode != detail::kLossWeightNone ? n : 0});
+  check_buffer(o.rates, "rates", at::kDouble, {in.S, 2});
+  const std::pair<const char*, const at::Tensor*> outs[] = {
+      {"noisy", &o.noisy}, {"masked", &o.masked}, {"labels", &o.labels}, {"loss_weight", &o.loss_weight}, {"rates", &o.rates}};
+  const std::pair<const char*, const at::Tensor*> ins[] = {
+      {"input_ids", &in.ids}, {"cu_seqlens", &in.cu}, {"sigma", &in.sigma}, {"priority", &in.priority},
+      {"maskable", &in.maskable}, {"prompt_lens", &in.prompt_lens}, {"sample_ids", &in.sample_ids}, {"rng", &in.rng}};
+  for (size_t i = 0; i < 5; ++i) {
+    const auto a = byte_span(*outs[i].second);
+    if (a.first == a.second) continue;
+    const auto overlaps = [&](const at::Tensor& y) {
+      const auto b = byte_span(y);
+      return b.first != b.second && a.first < b.second && b.first < a.second;
+    };
+    for (size_t j = i + 1; j < 5; ++j) {
+      TORCH_CHECK_VALUE(!overlaps(*outs[j].second), "priority_mask: ", outs[i].first, ": shares memory with ", outs[j].first);
+    }
+    for (const auto& x : ins) {
+      TORCH_CHECK_VALUE(!overlaps(*x.second), "priority_mask: ", outs[i].first, ": shares memory with the input ", x.first);
+    }
+  }
+}
+
+// What the kernel reads and writes: pointers into the checked inputs, the segment table and the
+// outputs (all of which outlive the call).
+Ctx make_ctx(const Inputs& in, const at::Tensor& segments, const Outputs& o, double weight, bool exact,
+             bool complementary, int64_t loss_weight_mode, int64_t mask_token_id) {
   Ctx c;
-  c.T = T;
-  c.S = S;
-  c.cu = cu;
-  c.seg_start = seg_start;
-  c.seg_seq = seg_seq;
-  c.prio = prio_t.defined() ? static_cast<const uint8_t*>(prio_t.data_ptr()) : nullptr;
-  c.mkp = mk_t.defined() ? static_cast<const uint8_t*>(mk_t.data_ptr()) : nullptr;
-  c.plen = plen_t.defined() ? plen_t.data_ptr<int64_t>() : nullptr;
-  c.sample_ids = sid_t.defined() ? sid_t.data_ptr<int64_t>() : nullptr;
-  const int64_t* rng = rng_t.data_ptr<int64_t>();
+  c.T = in.T;
+  c.S = in.S;
+  c.cu = in.cu.data_ptr<int64_t>();
+  c.seg_start = segments.data_ptr<int64_t>();
+  c.seg_seq = c.seg_start + in.S + 1;
+  c.prio = in.priority.defined() ? static_cast<const uint8_t*>(in.priority.data_ptr()) : nullptr;
+  c.maskable = in.maskable.defined() ? static_cast<const uint8_t*>(in.maskable.data_ptr()) : nullptr;
+  c.plen = in.prompt_lens.defined() ? in.prompt_lens.data_ptr<int64_t>() : nullptr;
+  c.sample_ids = in.sample_ids.defined() ? in.sample_ids.data_ptr<int64_t>() : nullptr;
+  const int64_t* rng = in.rng.data_ptr<int64_t>();
   c.seed = uint64_t(rng[0]);
   c.seq_offset = uint64_t(rng[1]);
-  c.sigma = sig;
-  c.sigma_bcast = sigma_t.numel() == 1;
+  c.sigma = in.sigma.data_ptr<float>();
+  c.sigma_bcast = in.sigma.numel() == 1;
   c.w = weight;
   c.exact = exact;
-  c.comp = complementary;
+  c.complementary = complementary;
   c.lw_mode = loss_weight_mode;
   c.mask_id = mask_token_id;
-  c.stream = V * T * (ids.element_size() + 9 + (loss_weight_mode ? 4 : 0)) >= detail::kStreamBytes;
-  c.ids = ids.data_ptr();
-  c.noisy = noisy.data_ptr();
-  c.masked = masked.data_ptr<bool>();
-  c.labels = labels.data_ptr<int64_t>();
-  c.lw = loss_weight_mode ? lw.data_ptr<float>() : nullptr;
-  c.rates = rates.data_ptr<double>();
+  const int64_t has_lw = loss_weight_mode != detail::kLossWeightNone;
+  const int64_t out_bytes = (complementary ? 2 : 1) * in.T * (in.ids.element_size() + 9 + (has_lw ? 4 : 0));
+  c.streaming_stores = out_bytes >= detail::kStreamBytes;
+  c.ids = in.ids.data_ptr();
+  c.noisy = o.noisy.data_ptr();
+  c.masked = o.masked.data_ptr<bool>();
+  c.labels = o.labels.data_ptr<int64_t>();
+  c.lw = has_lw ? o.loss_weight.data_ptr<float>() : nullptr;
+  c.rates = o.rates.data_ptr<double>();
+  c.ids32 = in.ids.scalar_type() == at::kInt;
+  return c;
+}
 
-  c.ids32 = id_type == at::kInt;
-  if (S > 0) (use_avx512_kernel() ? detail::priority_mask_kernel_avx512 : detail::priority_mask_kernel_baseline)(c);
-  return {noisy, masked, labels, lw, rates};
+void run(const Inputs& in, int64_t block_size, const Outputs& o, double weight, bool exact, bool complementary,
+         int64_t loss_weight_mode, int64_t mask_token_id) {
+  if (in.S == 0) return;  // no segment, hence no token
+  const at::Tensor segments = segment_table(in, block_size);
+  const Ctx c = make_ctx(in, segments, o, weight, exact, complementary, loss_weight_mode, mask_token_id);
+  (use_avx512_kernel() ? detail::priority_mask_kernel_avx512 : detail::priority_mask_kernel_baseline)(c);
+}
+
+}  // namespace
+
+std::string kernel_isa() { return use_avx512_kernel() ? "avx512" : "baseline"; }
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> priority_mask_cpu(
+    const at::Tensor& input_ids, const at::Tensor& cu_seqlens, const at::Tensor& sigma,
+    const std::optional<at::Tensor>& priority, const std::optional<at::Tensor>& maskable,
+    const std::optional<at::Tensor>& prompt_lens, const std::optional<at::Tensor>& sample_ids,
+    const at::Tensor& rng, double weight, int64_t block_size, int64_t num_segments, bool exact,
+    bool complementary, int64_t loss_weight_mode, int64_t mask_token_id) {
+  const Inputs in = check_inputs(input_ids, cu_seqlens, sigma, priority, maskable, prompt_lens, sample_ids, rng, weight,
+                                 block_size, num_segments, loss_weight_mode, mask_token_id);
+  const Outputs o = allocate_outputs(in, complementary, loss_weight_mode);
+  run(in, block_size, o, weight, exact, complementary, loss_weight_mode, mask_token_id);
+  return {o.noisy, o.masked, o.labels, o.loss_weight, o.rates};
+}
+
+void priority_mask_out_cpu(
+    const at::Tensor& input_ids, const at::Tensor& cu_seqlens, const at::Tensor& sigma,
+    const std::optional<at::Tensor>& priority, const std::optional<at::Tensor>& maskable,
+    const std::optional<at::Tensor>& prompt_lens, const std::optional<at::Tensor>& sample_ids,
+    const at::Tensor& rng, double weight, int64_t block_size, int64_t num_segments, bool exact,
+    bool complementary, int64_t loss_weight_mode, int64_t mask_token_id, const at::Tensor& noisy,
+    const at::Tensor& masked, const at::Tensor& labels, const at::Tensor& loss_weight, const at::Tensor& rates) {
+  const Inputs in = check_inputs(input_ids, cu_seqlens, sigma, priority, maskable, prompt_lens, sample_ids, rng, weight,
+                                 block_size, num_segments, loss_weight_mode, mask_token_id);
+  const Outputs o{noisy, masked, labels, loss_weight, rates};
+  check_outputs(o, in, complementary, loss_weight_mode);
+  run(in, block_size, o, weight, exact, complementary, loss_weight_mode, mask_token_id);
 }
 
 }  // namespace dllm_masks

@@ -32,16 +32,16 @@ struct Ctx {  // plain data: no member functions, so nothing of it is compiled p
   const int64_t* seg_start = nullptr;  // [S+1] first token of each segment, seg_start[S] = T
   const int64_t* seg_seq = nullptr;    // [S] sequence of each segment
   const uint8_t* prio = nullptr;       // [T] or null
-  const uint8_t* mkp = nullptr;        // [T] or null
+  const uint8_t* maskable = nullptr;   // [T] or null
   const int64_t* plen = nullptr;       // [B] or null
   const int64_t* sample_ids = nullptr; // [B] or null
   uint64_t seed = 0, seq_offset = 0;
   const float* sigma = nullptr;
   bool sigma_bcast = true;
   double w = 1.0;
-  bool exact = false, comp = false;
-  bool stream = false;  // outputs larger than the caches: streaming stores
-  int64_t lw_mode = 0;
+  bool exact = false, complementary = false;
+  bool streaming_stores = false;  // outputs larger than the caches: non-temporal stores
+  int64_t lw_mode = 0;  // kLossWeightNone / kLossWeightSigma / kLossWeightToken
   int64_t mask_id = 0;
   bool ids32 = false;  // input_ids (and noisy_ids) int32, else int64
   const void* ids = nullptr;
@@ -51,6 +51,9 @@ struct Ctx {  // plain data: no member functions, so nothing of it is compiled p
   float* lw = nullptr;
   double* rates = nullptr;
 };
+
+// The op's loss_weight_mode (dllm_masks.reference.LOSS_WEIGHT_MODES).
+constexpr int64_t kLossWeightNone = 0, kLossWeightSigma = 1, kLossWeightToken = 2;
 
 constexpr int64_t kStreamBytes = int64_t(16) << 20;  // outputs from 16 MiB on bypass the caches
 

@@ -124,7 +124,7 @@ void set_thresholds(SegParams& P, const Rates& R) {
 
 void set_loss_weights(SegParams& P, const Rates& R, float sigma, int64_t mode) {
   // reference: where(masked, 1.0 / q, 0.0).to(float32), q = σ (mode 1) or q_g (mode 2), in float64
-  const double q[2] = {mode == 1 ? double(sigma) : R.q0, mode == 1 ? double(sigma) : R.q1};
+  const double q[2] = {mode == kLossWeightSigma ? double(sigma) : R.q0, mode == kLossWeightSigma ? double(sigma) : R.q1};
   for (int g = 0; g < 2; ++g) {
     P.lw0[g] = float(1.0 / q[g]);
     P.lw1[g] = float(1.0 / (1.0 - q[g]));
@@ -226,8 +226,8 @@ struct Kernel {
   void count(int64_t q, int64_t a, int64_t e, int64_t& n, int64_t& n1) const {
     if (M == MaskMode::kPrompt) a = std::min(e, std::max(a, c.cu[q] + c.plen[q]));
     if (M == MaskMode::kTensor) {
-      n = count_nonzero(c.mkp + a, e - a);
-      n1 = HasPrio ? count_both(c.mkp + a, c.prio + a, e - a) : 0;
+      n = count_nonzero(c.maskable + a, e - a);
+      n1 = HasPrio ? count_both(c.maskable + a, c.prio + a, e - a) : 0;
     } else {
       n = e - a;
       n1 = HasPrio ? count_nonzero(c.prio + a, e - a) : 0;
@@ -238,7 +238,7 @@ struct Kernel {
   inline void bits(int64_t q, int64_t t, int64_t p, int64_t n, uint8_t* mk, uint8_t* g) const {
     int32_t np = 0;  // prompt tokens at the head of the chunk
     if (M == MaskMode::kPrompt) np = int32_t(std::min<int64_t>(n, std::max<int64_t>(0, c.plen[q] - p)));
-    const uint8_t* mkp = M == MaskMode::kTensor ? c.mkp + t : nullptr;
+    const uint8_t* mkp = M == MaskMode::kTensor ? c.maskable + t : nullptr;
     const uint8_t* pr = HasPrio ? c.prio + t : nullptr;
     for (int32_t i = 0; i < int32_t(n); ++i) {
       const uint8_t m = M == MaskMode::kAll ? 1 : M == MaskMode::kPrompt ? uint8_t(i >= np) : uint8_t(mkp[i] != 0);
@@ -254,11 +254,11 @@ struct Kernel {
   void emit(const SegParams& P, int64_t t, int64_t n, const uint8_t* m8, const uint8_t* c8, const uint8_t* g8) const {
     const IdT* ids = static_cast<const IdT*>(c.ids) + t;
     const IdT mask = IdT(c.mask_id);
-    const int64_t views = c.comp ? 2 : 1;
+    const int64_t views = c.complementary ? 2 : 1;
     alignas(64) unsigned char stage[kChunk * 8];
     const auto put = [&](auto* dst, const auto& fill) {
       using T = std::remove_pointer_t<decltype(dst)>;
-      if (c.stream) {
+      if (c.streaming_stores) {
         fill(reinterpret_cast<T*>(stage));
         stream_copy(dst, stage, size_t(n) * sizeof(T));
       } else {
@@ -563,7 +563,7 @@ void run_kernel(const Ctx& c) {
 template <typename IdT>
 void dispatch_mode(const Ctx& c) {
   const bool hp = c.prio != nullptr;
-  if (c.mkp) {
+  if (c.maskable) {
     hp ? run_kernel<IdT, MaskMode::kTensor, true>(c) : run_kernel<IdT, MaskMode::kTensor, false>(c);
   } else if (c.plen) {
     hp ? run_kernel<IdT, MaskMode::kPrompt, true>(c) : run_kernel<IdT, MaskMode::kPrompt, false>(c);

@@ -31,7 +31,10 @@ std::vector<uint32_t> philox_draws(uint64_t seed, uint64_t seq_key, uint32_t str
 
 }  // namespace
 
-TORCH_LIBRARY_IMPL(dllm_masks, CPU, m) { m.impl("priority_mask", &dllm_masks::priority_mask_cpu); }
+TORCH_LIBRARY_IMPL(dllm_masks, CPU, m) {
+  m.impl("priority_mask", &dllm_masks::priority_mask_cpu);
+  m.impl("priority_mask.out", &dllm_masks::priority_mask_out_cpu);
+}
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.doc() = "dllm-masks C++ CPU kernels (Philox4x32-10, OpenMP over segments)";
@@ -42,6 +45,15 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         pybind11::arg("maskable"), pybind11::arg("prompt_lens"), pybind11::arg("sample_ids"), pybind11::arg("rng"),
         pybind11::arg("weight"), pybind11::arg("block_size"), pybind11::arg("num_segments"), pybind11::arg("exact"),
         pybind11::arg("complementary"), pybind11::arg("loss_weight_mode"), pybind11::arg("mask_token_id"));
+  m.def("priority_mask_out", &dllm_masks::priority_mask_out_cpu,
+        "The out-variant (dllm_masks::priority_mask.out): the same arguments, then the buffers noisy, masked, "
+        "labels, loss_weight, rates (keywords), written in place; returns None.",
+        pybind11::arg("input_ids"), pybind11::arg("cu_seqlens"), pybind11::arg("sigma"), pybind11::arg("priority"),
+        pybind11::arg("maskable"), pybind11::arg("prompt_lens"), pybind11::arg("sample_ids"), pybind11::arg("rng"),
+        pybind11::arg("weight"), pybind11::arg("block_size"), pybind11::arg("num_segments"), pybind11::arg("exact"),
+        pybind11::arg("complementary"), pybind11::arg("loss_weight_mode"), pybind11::arg("mask_token_id"),
+        pybind11::kw_only(), pybind11::arg("noisy"), pybind11::arg("masked"), pybind11::arg("labels"),
+        pybind11::arg("loss_weight"), pybind11::arg("rates"));
   m.def("philox4x32_10", &philox_call, "One Philox4x32-10 call (tests): (c0, c1, c2, c3, k0, k1) -> 4 words.");
   m.def("philox_draws", &philox_draws,
         "Draws of positions [start, start + count) of one sequence and stream (docs/design.md §4; tests).",

@@ -4,7 +4,7 @@
 >>> out = dm.priority_mask(ids, sigma, cu_seqlens=cu, priority=prio, weight=2.0,
 ...                        complementary=True, mask_token_id=MASK, seed=0)
 """
-from .ops import MaskedBatch, available_backends, num_segments, priority_mask
+from .ops import MaskedBatch, available_backends, empty_masked_batch, num_segments, priority_mask
 from .rates import solve_rates
 from . import schedules
 from .loss import diffusion_loss, loss_normalizer
@@ -13,5 +13,5 @@ from .schedules import Schedule, keyed_sigma, sample_sigma
 
 __version__ = "0.1.0"
 
-__all__ = ["priority_mask", "MaskedBatch", "solve_rates", "sample_sigma", "keyed_sigma", "num_segments", "available_backends",
-           "Masker", "diffusion_loss", "loss_normalizer", "schedules", "Schedule"]
+__all__ = ["priority_mask", "MaskedBatch", "empty_masked_batch", "solve_rates", "sample_sigma", "keyed_sigma",
+           "num_segments", "available_backends", "Masker", "diffusion_loss", "loss_normalizer", "schedules", "Schedule"]

@@ -24,8 +24,8 @@ import torch
 from . import validation as V
 from .reference import LOSS_WEIGHT_MODES, priority_mask_ref
 
-__all__ = ["priority_mask", "MaskedBatch", "num_segments", "available_backends", "normalize", "wrap", "kernel_for",
-           "OpArgs", "Normalized"]
+__all__ = ["priority_mask", "MaskedBatch", "empty_masked_batch", "num_segments", "available_backends", "normalize",
+           "wrap", "kernel_for", "check_out", "OpArgs", "Normalized", "OUT_NAMES"]
 
 log = logging.getLogger("dllm_masks")
 
@@ -36,10 +36,28 @@ SCHEMA = (
     "int mask_token_id) -> (Tensor, Tensor, Tensor, Tensor, Tensor)"
 )
 
+# The out-variant: the same arguments, then the five outputs as buffers it writes in place
+# (flat and contiguous, shaped like the default overload's returns). It returns nothing, so
+# torch.compile functionalizes it (auto_functionalized) and a CUDA graph sees static outputs.
+OUT_NAMES = ("noisy", "masked", "labels", "loss_weight", "rates")
+SCHEMA_OUT = SCHEMA.replace("priority_mask(", "priority_mask.out(").replace(
+    ") -> (Tensor, Tensor, Tensor, Tensor, Tensor)",
+    ", *, Tensor(a!) noisy, Tensor(b!) masked, Tensor(c!) labels, Tensor(d!) loss_weight, Tensor(e!) rates) -> ()")
+
+
+def priority_mask_ref_out(*args, noisy, masked, labels, loss_weight, rates) -> None:
+    """The reference behind ``dllm_masks::priority_mask.out``: computes the outputs, then copies
+    them into the given buffers (the oracle is not allocation-free; the kernels are)."""
+    for dst, src in zip((noisy, masked, labels, loss_weight, rates), priority_mask_ref(*args)):
+        dst.copy_(src)
+
+
 _lib = torch.library.Library("dllm_masks", "DEF")
 _lib.define(SCHEMA)
+_lib.define(SCHEMA_OUT)
 # The reference serves every device that has no kernel of its own.
 _lib.impl("priority_mask", priority_mask_ref, "CompositeExplicitAutograd")
+_lib.impl("priority_mask.out", priority_mask_ref_out, "CompositeExplicitAutograd")
 
 
 @torch.library.register_fake("dllm_masks::priority_mask")
@@ -52,6 +70,11 @@ def _priority_mask_fake(input_ids, cu_seqlens, sigma, priority, maskable, prompt
     lw = input_ids.new_empty(n if loss_weight_mode else 0, dtype=torch.float32)
     rates = input_ids.new_empty((num_segments, 2), dtype=torch.float64)
     return noisy, masked, labels, lw, rates
+
+
+@torch.library.register_fake("dllm_masks::priority_mask.out")
+def _priority_mask_out_fake(*args, noisy, masked, labels, loss_weight, rates):
+    return None
 
 
 # ---------------------------------------------------------------------------------------------
@@ -81,6 +104,7 @@ def _load_triton():
             from .triton_kernels import priority_mask as tk
 
             _lib.impl("priority_mask", tk.priority_mask_triton, "CUDA")
+            _lib.impl("priority_mask.out", tk.priority_mask_triton_out, "CUDA")
             _triton = tk
         except Exception as e:  # noqa: BLE001
             _triton_error = f"{type(e).__name__}: {e}"
@@ -108,36 +132,39 @@ def _announce(served: str, device_type: str) -> None:
     log.debug("dllm_masks: priority_mask on %s served by %s", device_type, served)
 
 
-def kernel_for(backend: Optional[str], device: torch.device):
+def kernel_for(backend: Optional[str], device: torch.device, out: bool = False):
     """The callable that serves the op for ``backend`` (None: the dispatcher, or
-    ``DLLM_MASKS_BACKEND``) on ``device``; it takes :class:`OpArgs` positionally."""
+    ``DLLM_MASKS_BACKEND``) on ``device``; it takes :class:`OpArgs` positionally. With ``out``,
+    the out-variant: the same, plus the buffers as keywords ``noisy, masked, labels,
+    loss_weight, rates`` (see :data:`OUT_NAMES`); it writes them and returns None."""
     if backend is None:
         backend = os.environ.get("DLLM_MASKS_BACKEND") or None
         name = "DLLM_MASKS_BACKEND"
     else:
         name = "backend"
     if backend is None:
-        fn = torch.ops.dllm_masks.priority_mask.default
+        fn = torch.ops.dllm_masks.priority_mask.out if out else torch.ops.dllm_masks.priority_mask.default
         served = {"cpu": "cpp" if _cpp is not None else "ref",
                   "cuda": "triton" if _triton is not None else "ref"}.get(device.type, "ref")
     else:
         V.check_choice(name, backend, BACKENDS)
         served = backend
         if backend == "ref":
-            fn = priority_mask_ref
+            fn = priority_mask_ref_out if out else priority_mask_ref
         elif backend == "cpp":
             if device.type != "cpu":
                 raise ValueError(f"{name}: 'cpp' serves CPU tensors only, input_ids is on {device}")
             if _cpp is None:
                 raise RuntimeError(f"{name}: 'cpp' requested but the C++ extension is not available ({_cpp_error}); "
                                    "reinstall without DLLM_MASKS_SKIP_CPP=1")
-            fn = torch.ops.dllm_masks.priority_mask.default  # its CPU kernel is the C++ one; traceable
+            # the registered op, whose CPU kernel is the C++ one: traceable by Dynamo
+            fn = torch.ops.dllm_masks.priority_mask.out if out else torch.ops.dllm_masks.priority_mask.default
         else:
             if _load_triton() is None:
                 raise RuntimeError(f"{name}: 'triton' requested but the Triton kernels could not load ({_triton_error})")
             if device.type == "cpu" and os.environ.get("TRITON_INTERPRET") != "1":
                 raise ValueError(f"{name}: 'triton' on CPU tensors needs TRITON_INTERPRET=1 set before import")
-            fn = _triton.priority_mask_triton
+            fn = _triton.priority_mask_triton_out if out else _triton.priority_mask_triton
     if not torch.compiler.is_compiling():
         _announce(served, device.type)
     return fn
@@ -217,6 +244,9 @@ def num_segments(cu_seqlens, block_size: Optional[int] = None) -> int:
 # A block at least as long as any sequence is one block per sequence: larger block sizes are this
 # one (no sequence is longer than 2^31 - 1 tokens), so that they fit every kernel's integers.
 _MAX_BLOCK = 2**31 - 1
+
+
+_count_segments = num_segments  # for functions with a parameter of that name
 
 
 def _as_i64(name: str, x) -> Union[int, torch.Tensor]:
@@ -401,17 +431,147 @@ def wrap(outputs, call: Normalized) -> MaskedBatch:
     :class:`MaskedBatch` for the call's layout (view-major [V·B, L] rows, or [V·T] packed)."""
     noisy, masked, labels, lw, rates = outputs
     a = call.args
-    nv = 2 if a.complementary else 1
     lw = lw if a.loss_weight_mode != LOSS_WEIGHT_MODES[None] else None
     if call.padded:
-        shape = (nv * call.batch, call.length)
+        shape = (_views(call) * call.batch, call.length)
         noisy, masked, labels = noisy.reshape(shape), masked.reshape(shape), labels.reshape(shape)
         lw = lw.reshape(shape) if lw is not None else None
-        cu_out = torch.arange(nv * call.batch + 1, device=noisy.device, dtype=torch.int32) * call.length
+    return MaskedBatch(noisy, labels, masked, lw, _cu_out(call), rates, a.sigma.expand(a.num_segments))
+
+
+def _views(call: Normalized) -> int:
+    return 2 if call.args.complementary else 1
+
+
+def _cu_out(call: Normalized) -> torch.Tensor:
+    """int32 [V·B + 1] offsets of the output sequences (view 1's follow view 0's)."""
+    a = call.args
+    if call.padded:
+        return torch.arange(_views(call) * call.batch + 1, device=a.input_ids.device, dtype=torch.int32) * call.length
+    cu = a.cu_seqlens
+    return torch.cat([cu, cu[1:] + call.length]) if a.complementary else cu
+
+
+def _output_shapes(call: Normalized):
+    """(shape of the per-token outputs, S) of a call: [V·B, L] padded or [V·T] packed."""
+    nv = _views(call)
+    shape = (nv * call.batch, call.length) if call.padded else (nv * call.length,)
+    return shape, call.args.num_segments
+
+
+def check_out(out, call: Normalized):
+    """Check a :class:`MaskedBatch` given as ``out=`` against a call; return the five flat
+    buffers of the out-variant ``(noisy, masked, labels, loss_weight, rates)``.
+
+    Every per-token field must have the call's output shape and dtype (``noisy_ids``: the input's
+    dtype, ``labels``: int64, ``masked``: bool, ``loss_weight``: float32, or None exactly when
+    ``loss_weight=None``), ``rates`` float64 [S, 2]; all contiguous, on the input's device, and
+    sharing no memory with each other or with the inputs. ``cu_seqlens`` and ``sigma`` of ``out``
+    are not read or written. Raises TypeError / ValueError starting with ``out``.
+    """
+    if not isinstance(out, MaskedBatch):
+        raise TypeError(f"out: expected a MaskedBatch (from priority_mask or empty_masked_batch), got {type(out).__name__}")
+    a = call.args
+    dev = a.input_ids.device
+    shape, S = _output_shapes(call)
+    has_lw = a.loss_weight_mode != LOSS_WEIGHT_MODES[None]
+    if (out.loss_weight is not None) != has_lw:
+        call_lw = next(k for k, v in LOSS_WEIGHT_MODES.items() if v == a.loss_weight_mode)
+        want = f"a float32 tensor (loss_weight={call_lw!r})" if has_lw else "None (loss_weight=None)"
+        raise ValueError(f"out: loss_weight: expected {want}, got {'None' if out.loss_weight is None else 'a tensor'}")
+    specs = [("noisy_ids", out.noisy_ids, a.input_ids.dtype, shape), ("masked", out.masked, torch.bool, shape),
+             ("labels", out.labels, torch.int64, shape)]
+    if has_lw:
+        specs.append(("loss_weight", out.loss_weight, torch.float32, shape))
+    specs.append(("rates", out.rates, torch.float64, (S, 2)))
+    for name, x, dtype, shp in specs:
+        if not isinstance(x, torch.Tensor):
+            raise TypeError(f"out: {name}: expected a torch.Tensor, got {type(x).__name__}")
+        if x.dtype != dtype:
+            raise TypeError(f"out: {name}: expected dtype {str(dtype).replace('torch.', '')}, "
+                            f"got {str(x.dtype).replace('torch.', '')}")
+        if x.device != dev:
+            raise ValueError(f"out: {name}: is on {x.device} but input_ids is on {dev}")
+        if tuple(x.shape) != tuple(shp):
+            raise ValueError(f"out: {name}: expected shape {tuple(shp)}, got {tuple(x.shape)}")
+        if not x.is_contiguous():
+            raise ValueError(f"out: {name}: must be contiguous")
+    if not torch.compiler.is_compiling():
+        _check_no_overlap([(n, x) for n, x, _, _ in specs],
+                          [(n, x) for n, x in zip(OpArgs._fields, a) if isinstance(x, torch.Tensor)])
+    flat = [x if x.dim() == 1 else x.reshape(-1) for _, x, _, _ in specs[:3]]
+    lw = (specs[3][1] if len(shape) == 1 else specs[3][1].reshape(-1)) if has_lw else \
+        torch.empty(0, dtype=torch.float32, device=dev)
+    return flat[0], flat[1], flat[2], lw, out.rates
+
+
+def _span(x: torch.Tensor):
+    start = x.data_ptr()
+    return start, start + x.numel() * x.element_size()
+
+
+def _check_no_overlap(outs, ins):
+    """ValueError if an output buffer shares memory with another or with an input."""
+    spans = [(f"out.{n}", _span(x)) for n, x in outs if x.numel()]
+    others = spans + [(f"the input {k}", _span(y)) for k, y in ins if y.numel()]
+    for i, (n, (lo, hi)) in enumerate(spans):
+        for m, (lo2, hi2) in others[i + 1:]:
+            if lo < hi2 and lo2 < hi:
+                raise ValueError(f"out: {n[4:]}: shares memory with {m}")
+
+
+def empty_masked_batch(
+    input_ids: torch.Tensor,
+    *,
+    cu_seqlens: Optional[torch.Tensor] = None,
+    block_size: Optional[int] = None,
+    complementary: bool = False,
+    loss_weight: Optional[str] = None,
+    num_segments: Optional[int] = None,
+) -> MaskedBatch:
+    """Uninitialized output buffers for ``priority_mask(input_ids, ..., out=...)``.
+
+    Takes the shape-setting arguments of :func:`priority_mask` (the same ``input_ids`` layout,
+    ``cu_seqlens``, ``block_size``, ``complementary`` and ``loss_weight``); the buffers then fit
+    every call with those shapes (any σ, seed, priority, prompts or weight).
+
+    Parameters
+    ----------
+    input_ids : torch.Tensor, int32 or int64, [T] or [B, L]
+        Only its shape, dtype and device are used.
+    num_segments : int, optional
+        S, to skip counting segments from ``cu_seqlens`` on the host (per-block mode).
+
+    Returns
+    -------
+    MaskedBatch
+        ``noisy_ids`` (input dtype), ``labels`` (int64), ``masked`` (bool) and ``loss_weight``
+        (float32, or None) of shape [V·T] or [V·B, L]; ``rates`` float64 [S, 2];
+        ``cu_seqlens`` int32 [V·B + 1] and ``sigma`` float32 [S] (never written by ``out=``: the
+        result of a call carries the call's own).
+    """
+    V.check_tensor("input_ids", input_ids, dtypes=V.ID_DTYPES, ndim=(1, 2))
+    dev = input_ids.device
+    if not isinstance(complementary, bool):
+        raise TypeError(f"complementary: expected a bool, got {type(complementary).__name__}")
+    V.check_choice("loss_weight", loss_weight, tuple(LOSS_WEIGHT_MODES))
+    padded, B, L, cu = _layout(input_ids, cu_seqlens)
+    K = None if block_size is None else V.check_int("block_size", block_size, low=1)
+    if num_segments is not None:
+        S = V.check_int("num_segments", num_segments, low=0)
     else:
-        cu = a.cu_seqlens
-        cu_out = torch.cat([cu, cu[1:] + call.length]) if a.complementary else cu
-    return MaskedBatch(noisy, labels, masked, lw, cu_out, rates, a.sigma.expand(a.num_segments))
+        S = B if K is None else _count_segments(cu, K)
+    nv = 2 if complementary else 1
+    shape = (nv * B, L) if padded else (nv * L,)
+    return MaskedBatch(
+        noisy_ids=torch.empty(shape, dtype=input_ids.dtype, device=dev),
+        labels=torch.empty(shape, dtype=torch.int64, device=dev),
+        masked=torch.empty(shape, dtype=torch.bool, device=dev),
+        loss_weight=None if loss_weight is None else torch.empty(shape, dtype=torch.float32, device=dev),
+        cu_seqlens=torch.empty(nv * B + 1, dtype=torch.int32, device=dev),
+        rates=torch.empty((S, 2), dtype=torch.float64, device=dev),
+        sigma=torch.empty(S, dtype=torch.float32, device=dev),
+    )
 
 
 # Long only by its docstring (the public contract); the body is normalize -> kernel_for -> wrap.
@@ -432,6 +592,7 @@ def priority_mask(
     seq_offset: Union[int, torch.Tensor] = 0,
     sample_ids: Optional[torch.Tensor] = None,
     loss_weight: Optional[str] = None,
+    out: Optional[MaskedBatch] = None,
     backend: Optional[str] = None,
     validate: bool = True,
 ) -> MaskedBatch:
@@ -482,6 +643,12 @@ def priority_mask(
         Per-sequence keys: masks then do not depend on packing or order.
     loss_weight : {None, "sigma", "token"}
         Per-token loss weights to return (see :class:`MaskedBatch`).
+    out : MaskedBatch, optional
+        Buffers to write instead of allocating: the result of an earlier call with the same
+        shapes, or :func:`empty_masked_batch`. Its ``noisy_ids``, ``labels``, ``masked``,
+        ``loss_weight`` and ``rates`` are written in place (bit-identical to a call without
+        ``out``) and returned; see :func:`check_out` for what must match. Runs the out-variant
+        ``dllm_masks::priority_mask.out`` (one op under ``torch.compile``).
     backend : {None, "ref", "cpp", "triton"}
         Force an implementation (default: the dispatcher, or ``DLLM_MASKS_BACKEND``).
     validate : bool
@@ -516,5 +683,10 @@ def priority_mask(
                      maskable=maskable, priority=priority, weight=weight, sampling=sampling,
                      complementary=complementary, block_size=block_size, seed=seed, seq_offset=seq_offset,
                      sample_ids=sample_ids, loss_weight=loss_weight, validate=validate)
-    kernel = kernel_for(backend, input_ids.device)
-    return wrap(kernel(*call.args), call)
+    if out is None:
+        return wrap(kernel_for(backend, input_ids.device)(*call.args), call)
+    bufs = check_out(out, call)
+    kernel_for(backend, input_ids.device, out=True)(*call.args, **dict(zip(OUT_NAMES, bufs)))
+    a = call.args
+    return MaskedBatch(out.noisy_ids, out.labels, out.masked, out.loss_weight, _cu_out(call), out.rates,
+                       a.sigma.expand(a.num_segments))

@@ -11,7 +11,6 @@ import math
 import os
 import subprocess
 import sys
-from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -73,22 +72,17 @@ def _to(kw, device):
     return {k: (v.to(device) if isinstance(v, torch.Tensor) else v) for k, v in kw.items()}
 
 
-def _check(kw, what=""):
-    """Triton on DEVICE equals the reference on the CPU, every output bit for bit."""
+def _check(kw, what="", settings=None):
+    """Triton on DEVICE equals the reference on the CPU, every output bit for bit. ``settings``:
+    launch settings other than the defaults (the kernel called directly on the op's arguments)."""
     ref = dm.priority_mask(**kw, backend="ref")
-    got = dm.priority_mask(**_to(kw, DEVICE), backend="triton")
+    if settings is None:
+        got = dm.priority_mask(**_to(kw, DEVICE), backend="triton")
+    else:
+        call = dm.ops.normalize(**_to(kw, DEVICE))
+        got = dm.ops.wrap(tk.priority_mask_triton(*tuple(call.args), settings=settings), call)
     assert_same(ref, got, what)
     return got
-
-
-@contextmanager
-def _settings(st):
-    old = tk._override
-    tk._override = st
-    try:
-        yield
-    finally:
-        tk._override = old
 
 
 # --------------------------------------------------------------------------------------------
@@ -124,18 +118,17 @@ def test_philox_golden_draws(stream):
 @settings(max_examples=25, suppress_health_check=[HealthCheck.too_slow])
 @given(random_cases(max_len=70))
 def test_random_cases_small_chunks(kw):
-    with _settings(tk.LaunchSettings(tile=16, chunk=8, num_warps=1)):
-        _check(kw)
+    _check(kw, settings=tk.LaunchSettings(tile=16, chunk=8, num_warps=1))
 
 
 @pytest.mark.parametrize("st", [(16, 20), (64, 32)], ids=["tile16-chunk20", "tile64-chunk32"])
 def test_long_segments_over_many_chunks(st):
     """Exact and Bernoulli over segments of hundreds of chunks, with prompts, blocks and both views."""
-    with _settings(tk.LaunchSettings(tile=st[0], chunk=st[1], num_warps=1)):
-        for cfg in (dict(weight=3.0, sampling="exact", complementary=True, loss_weight="token"),
-                    dict(weight=0.25, block_size=70, complementary=True, loss_weight="sigma"),
-                    dict(weight=math.inf, sampling="exact", block_size=37)):
-            _check(packed_case([450, 3, 130], seed=11, **cfg), f"{st} {cfg}")
+    settings = tk.LaunchSettings(tile=st[0], chunk=st[1], num_warps=1)
+    for cfg in (dict(weight=3.0, sampling="exact", complementary=True, loss_weight="token"),
+                dict(weight=0.25, block_size=70, complementary=True, loss_weight="sigma"),
+                dict(weight=math.inf, sampling="exact", block_size=37)):
+        _check(packed_case([450, 3, 130], seed=11, **cfg), f"{st} {cfg}", settings=settings)
 
 
 def test_sigma_extremes_and_full_priority():

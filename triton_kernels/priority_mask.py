@@ -19,6 +19,9 @@ Work decomposition (no host sync, so CUDA graphs can capture it):
 * Launch 2, ``_mask_kernel``: counts (its own chunk when the segment is one chunk, else the sum of
   launch 1's partial counts), solves (q0, q1) in float64, then draws Philox for four tokens per
   call and writes both views: noisy ids, masks, labels and loss weights.
+* Per block with ``block_size <= CHUNK`` (every K up to 1021 with the default settings) each
+  segment is one chunk, so the grid is S programs, program s handles segment s, and launch 1 is
+  skipped: no binary search, no idle programs.
 
 ``sampling="exact"``: within each group (priority or not) of a segment the k smallest keys
 ``(r << 31) | j`` (r the stream-1 draw, j < 2^31 the position: ties go to the lower position, as in
@@ -40,14 +43,20 @@ import triton.language as tl
 
 from .philox import STREAM_BERNOULLI, STREAM_SELECT, philox_quads, pick_word, split_u64
 
-__all__ = ["priority_mask_triton", "launch_settings", "LaunchSettings"]
+__all__ = ["priority_mask_triton", "priority_mask_triton_out", "launch_settings", "LaunchSettings"]
 
 IGNORE_INDEX: tl.constexpr = tl.constexpr(-100)
 KEY_ALL: tl.constexpr = tl.constexpr(0x7FFFFFFFFFFFFFFF)  # above every key: the whole group is masked
 PARTIALS: tl.constexpr = tl.constexpr(256)  # partial counts summed per step
 
 # How the rates are solved (docs/design.md §3), chosen on the host from w like rates._solve does.
-W_ONE, W_INF, W_ZERO, W_ABOVE_ONE, W_BELOW_ONE = 0, 1, 2, 3, 4
+W_ONE: tl.constexpr = tl.constexpr(0)
+W_INF: tl.constexpr = tl.constexpr(1)
+W_ZERO: tl.constexpr = tl.constexpr(2)
+W_ABOVE_ONE: tl.constexpr = tl.constexpr(3)
+W_BELOW_ONE: tl.constexpr = tl.constexpr(4)
+# The op's loss_weight_mode (dllm_masks.reference.LOSS_WEIGHT_MODES): 1/σ (LW_SIGMA) or 1/q_i.
+LW_SIGMA: tl.constexpr = tl.constexpr(1)
 
 # Float literals in the kernels are only 0.0, 0.5, 1.0 and 2^32: Triton types a Python float as
 # float32 before widening it, which is exact for these and would not be for others.
@@ -73,17 +82,17 @@ def _solve_rates(n, n1, s, w, w_mode):
     n0d = tl.where(n1 == n, 1.0, n0f)
     q0 = s  # w == 1
     q1 = s
-    if w_mode == 1:  # w == inf
+    if w_mode == W_INF:
         q1 = tl.minimum(K / n1d, 1.0)
         q0 = tl.maximum((K - n1f) / n0d, 0.0)
-    elif w_mode == 2:  # w == 0
+    elif w_mode == W_ZERO:
         q0 = tl.minimum(K / n0d, 1.0)
         q1 = tl.maximum((K - n0f) / n1d, 0.0)
-    elif w_mode >= 3:
+    elif w_mode >= W_ABOVE_ONE:
         den = n1f * w + n0f  # a multiply, then an add (no fma: enable_fp_fusion=False)
         p = K / tl.where(n == 0, 1.0, den)
         wp = p * w
-        if w_mode == 3:  # w > 1: the priority rate clips first
+        if w_mode == W_ABOVE_ONE:  # the priority rate clips first
             keep = wp <= 1.0
             q0 = tl.where(keep, p, (K - n1f) / n0d)
             q1 = tl.where(keep, wp, 1.0)
@@ -344,14 +353,22 @@ def _mask_kernel(
     T, S, w_bits, w_mode, sigma_stride, has_sid, lw_mode, mask_id,
     CHUNK: tl.constexpr, G: tl.constexpr, SEG_IS_SEQ: tl.constexpr,
     HAS_PRIO: tl.constexpr, HAS_MASKABLE: tl.constexpr, HAS_PROMPT: tl.constexpr, EXACT: tl.constexpr,
-    COMPLEMENT: tl.constexpr, HAS_LW: tl.constexpr,
+    COMPLEMENT: tl.constexpr, HAS_LW: tl.constexpr, SEG_PER_PROGRAM: tl.constexpr,
 ):
-    """Launch 2: rates of the program's segment, then its chunk's masks and both views."""
+    """Launch 2: rates of the program's segment, then its chunk's masks and both views.
+    ``SEG_PER_PROGRAM`` (blocks no longer than a chunk): program s is segment s, whole (a grid of
+    S programs, no launch 1, no program → segment map)."""
     pid = tl.program_id(0).to(tl.int64)
-    s = tl.load(prog_seg_ptr + pid).to(tl.int64)
+    if SEG_PER_PROGRAM:
+        s = pid
+    else:
+        s = tl.load(prog_seg_ptr + pid).to(tl.int64)
     if s >= 0:
         seg_lo, seg_hi, b, cu_b, first, nch = _segment(s, segstart_ptr, segseq_ptr, cu_ptr, CHUNK, SEG_IS_SEQ)
-        c = pid - first
+        if SEG_PER_PROGRAM:
+            c = pid * 0  # the segment's one chunk (nch == 1)
+        else:
+            c = pid - first
         plen_b = 0
         if HAS_PROMPT:
             plen_b = tl.load(plen_ptr + b)
@@ -385,7 +402,7 @@ def _mask_kernel(
         if HAS_LW:  # "sigma": 1/σ and 1/(1-σ); "token": 1/q_i and 1/(1-q_i)
             qa0 = q0
             qa1 = q1
-            if lw_mode == 1:
+            if lw_mode == LW_SIGMA:
                 qa0 = sig
                 qa1 = sig
             lw00 = (1.0 / qa0).to(tl.float32)
@@ -439,9 +456,6 @@ class LaunchSettings(NamedTuple):
     stats_warps: int = 1
 
 
-_override: Optional[LaunchSettings] = None  # tests shrink tile and chunk to reach the multi-chunk paths
-
-
 def launch_settings(block_size: int) -> LaunchSettings:
     """Launch settings, from one place (like Liger's ``calculate_settings``).
 
@@ -451,8 +465,6 @@ def launch_settings(block_size: int) -> LaunchSettings:
     least 64, so that common block sizes share one compiled variant), one block per program up to
     K = 1021, 4096-token chunks above. One Philox group per thread: ``num_warps = tile / 128``.
     """
-    if _override is not None:
-        return _override
     if block_size <= 0:
         tile, chunk = 1024, 4096
     else:
@@ -463,12 +475,14 @@ def launch_settings(block_size: int) -> LaunchSettings:
 
 def _weight_mode(w: float) -> int:
     if w == 1.0:
-        return W_ONE
-    if math.isinf(w):
-        return W_INF
-    if w == 0.0:
-        return W_ZERO
-    return W_ABOVE_ONE if w > 1.0 else W_BELOW_ONE
+        mode = W_ONE
+    elif math.isinf(w):
+        mode = W_INF
+    elif w == 0.0:
+        mode = W_ZERO
+    else:
+        mode = W_ABOVE_ONE if w > 1.0 else W_BELOW_ONE
+    return int(mode.value)
 
 
 def _segment_table(cu: torch.Tensor, T: int, K: int, S: int):
@@ -485,8 +499,18 @@ def _segment_table(cu: torch.Tensor, T: int, K: int, S: int):
     return start, seq
 
 
+def _empty_outputs(input_ids, num_segments, complementary, loss_weight_mode):
+    dev = input_ids.device
+    n = (2 if complementary else 1) * input_ids.numel()
+    return (torch.empty(n, dtype=input_ids.dtype, device=dev), torch.empty(n, dtype=torch.bool, device=dev),
+            torch.empty(n, dtype=torch.int64, device=dev),
+            torch.empty(n if loss_weight_mode else 0, dtype=torch.float32, device=dev),
+            torch.empty((int(num_segments), 2), dtype=torch.float64, device=dev))
+
+
 def priority_mask_triton(input_ids, cu_seqlens, sigma, priority, maskable, prompt_lens, sample_ids, rng, weight,
-                         block_size, num_segments, exact, complementary, loss_weight_mode, mask_token_id):
+                         block_size, num_segments, exact, complementary, loss_weight_mode, mask_token_id, *,
+                         settings: Optional[LaunchSettings] = None):
     """Triton implementation of ``dllm_masks::priority_mask`` on the op's normalized arguments (see
     :func:`dllm_masks.reference.priority_mask_ref`); the same five outputs, bit for bit.
 
@@ -494,31 +518,45 @@ def priority_mask_triton(input_ids, cu_seqlens, sigma, priority, maskable, promp
     ``input_ids.numel()``, ``cu_seqlens.numel()`` and ``num_segments``; seed and offsets are read
     from ``rng`` on the device, so a CUDA graph replays with fresh numbers after ``rng`` changes.
     Two launches (plus a few small torch ops building the block table when ``block_size > 0``).
+    ``settings`` replaces :func:`launch_settings` (tests use tiny tiles and chunks to reach the
+    multi-chunk paths on short inputs).
     """
+    outs = _empty_outputs(input_ids, num_segments, complementary, loss_weight_mode)
+    priority_mask_triton_out(input_ids, cu_seqlens, sigma, priority, maskable, prompt_lens, sample_ids, rng, weight,
+                             block_size, num_segments, exact, complementary, loss_weight_mode, mask_token_id,
+                             noisy=outs[0], masked=outs[1], labels=outs[2], loss_weight=outs[3], rates=outs[4],
+                             settings=settings)
+    return outs
+
+
+def priority_mask_triton_out(input_ids, cu_seqlens, sigma, priority, maskable, prompt_lens, sample_ids, rng, weight,
+                             block_size, num_segments, exact, complementary, loss_weight_mode, mask_token_id, *,
+                             noisy, masked, labels, loss_weight, rates,
+                             settings: Optional[LaunchSettings] = None) -> None:
+    """The out-variant ``dllm_masks::priority_mask.out``: writes the five outputs of
+    :func:`priority_mask_triton` into the given contiguous buffers (flat [V·T], ``loss_weight``
+    [V·T] or [0], ``rates`` [S, 2]; shapes and dtypes checked by :func:`dllm_masks.ops.check_out`)."""
     dev = input_ids.device
     T = input_ids.numel()
     S = int(num_segments)
     K = int(block_size)
-    nv = 2 if complementary else 1
-    noisy = torch.empty(nv * T, dtype=input_ids.dtype, device=dev)
-    masked = torch.empty(nv * T, dtype=torch.bool, device=dev)
-    labels = torch.empty(nv * T, dtype=torch.int64, device=dev)
-    lw = torch.empty(nv * T if loss_weight_mode else 0, dtype=torch.float32, device=dev)
-    rates = torch.empty((S, 2), dtype=torch.float64, device=dev)
     if S == 0:  # no segment, hence no token
-        return noisy, masked, labels, lw, rates
+        return None
 
     ids = input_ids.contiguous()
     cu = cu_seqlens.to(torch.int32).contiguous()
     sig = sigma.to(torch.float32).contiguous()
     rng = rng.to(torch.int64).contiguous()
     segstart, segseq = _segment_table(cu, T, K, S) if K > 0 else (cu, cu)
-    st = launch_settings(K)
-    grid = T // st.chunk + S
-    prog_seg = torch.empty(grid, dtype=torch.int32, device=dev)
-    partial = torch.empty(grid, dtype=torch.int64, device=dev)
-    cut = torch.empty(2 * S if exact else 1, dtype=torch.int64, device=dev)
+    st = settings or launch_settings(K)
+    # Blocks no longer than a chunk are one chunk each: one program per segment, found from its
+    # program id (no launch 1 and no binary search).
+    per_program = 0 < K <= st.chunk
+    grid = S if per_program else T // st.chunk + S
     dummy = rng  # never read: its flag is off
+    prog_seg = dummy if per_program else torch.empty(grid, dtype=torch.int32, device=dev)
+    partial = dummy if per_program else torch.empty(grid, dtype=torch.int64, device=dev)
+    cut = torch.empty(2 * S if exact and not per_program else 1, dtype=torch.int64, device=dev)
     prio = priority.contiguous() if priority is not None else dummy
     prio = prio.view(torch.uint8) if prio.dtype == torch.bool else prio
     mk = maskable.contiguous().view(torch.uint8) if maskable is not None else dummy
@@ -530,15 +568,16 @@ def priority_mask_triton(input_ids, cu_seqlens, sigma, priority, maskable, promp
     flags = dict(CHUNK=st.chunk, G=st.tile // 4, SEG_IS_SEQ=K == 0, HAS_PRIO=priority is not None,
                  HAS_MASKABLE=maskable is not None, HAS_PROMPT=prompt_lens is not None, EXACT=bool(exact))
 
-    _stats_kernel[(grid,)](cu, segstart, segseq, sig, prio, mk, plen, sid, rng, prog_seg, partial, cut,
-                           *scalars, **flags, num_warps=st.num_warps if exact else st.stats_warps,
-                           enable_fp_fusion=False)
+    if not per_program:
+        _stats_kernel[(grid,)](cu, segstart, segseq, sig, prio, mk, plen, sid, rng, prog_seg, partial, cut,
+                               *scalars, **flags, num_warps=st.num_warps if exact else st.stats_warps,
+                               enable_fp_fusion=False)
     _mask_kernel[(grid,)](ids, cu, segstart, segseq, sig, prio, mk, plen, sid, rng,
-                          noisy, masked, labels, lw if loss_weight_mode else dummy, rates, prog_seg, partial, cut,
-                          T, *scalars, int(loss_weight_mode), int(mask_token_id),
+                          noisy, masked, labels, loss_weight if loss_weight_mode else dummy, rates, prog_seg, partial,
+                          cut, T, *scalars, int(loss_weight_mode), int(mask_token_id),
                           **flags, COMPLEMENT=bool(complementary), HAS_LW=bool(loss_weight_mode),
-                          num_warps=st.num_warps, enable_fp_fusion=False)
-    return noisy, masked, labels, lw, rates
+                          SEG_PER_PROGRAM=per_program, num_warps=st.num_warps, enable_fp_fusion=False)
+    return None
 
 
 _PTR_TYPES = {"ids_ptr": "*i64", "cu_ptr": "*i32", "sigma_ptr": "*fp32", "prio_ptr": "*u8", "mk_ptr": "*u8",
@@ -548,9 +587,13 @@ _PTR_TYPES = {"ids_ptr": "*i64", "cu_ptr": "*i32", "sigma_ptr": "*fp32", "prio_p
               "sigma_stride": "i32", "has_sid": "i32", "lw_mode": "i32", "mask_id": "i32"}
 
 
-def compile_for_inspection(kernel: str = "mask", arch: int = 90, *, exact: bool = False, block_size: int = 0,
-                           settings: Optional[LaunchSettings] = None) -> dict:
-    """Compile one kernel ahead of time for ``sm_<arch>`` and return its ``asm`` dict (ttir … ptx).
+def compile_specialization(kernel: str = "mask", arch: int = 90, *, exact: bool = False, block_size: int = 0,
+                           complementary: bool = True, loss_weight: bool = True, ids_dtype: torch.dtype = torch.int64,
+                           has_priority: bool = True, has_maskable: bool = False, has_prompt: bool = True,
+                           settings: Optional[LaunchSettings] = None):
+    """Compile one specialization of ``kernel`` ("mask" or "stats") ahead of time for ``sm_<arch>``
+    and return Triton's compiled kernel (``.asm``: ttir … ptx, cubin; ``.metadata``: shared
+    memory, warps). The constexpr flags are those a call with these options launches with.
 
     Needs no GPU (Triton's bundled LLVM and ptxas), only a process without ``TRITON_INTERPRET=1``.
     The tests and ``benchmarks/gpu_check.py`` read the PTX: float64 arithmetic must be
@@ -561,13 +604,27 @@ def compile_for_inspection(kernel: str = "mask", arch: int = 90, *, exact: bool 
 
     fn = {"mask": _mask_kernel, "stats": _stats_kernel}[kernel]
     st = settings or launch_settings(block_size)
-    const = dict(CHUNK=st.chunk, G=st.tile // 4, SEG_IS_SEQ=block_size == 0, HAS_PRIO=True, HAS_MASKABLE=False,
-                 HAS_PROMPT=True, EXACT=exact, COMPLEMENT=True, HAS_LW=True)
+    const = dict(CHUNK=st.chunk, G=st.tile // 4, SEG_IS_SEQ=block_size == 0, HAS_PRIO=has_priority,
+                 HAS_MASKABLE=has_maskable, HAS_PROMPT=has_prompt, EXACT=exact, COMPLEMENT=complementary,
+                 HAS_LW=loss_weight, SEG_PER_PROGRAM=0 < block_size <= st.chunk)
     seg = "*i32" if block_size == 0 else "*i64"
-    types = dict(_PTR_TYPES, segstart_ptr=seg, segseq_ptr=seg)
+    ids = {torch.int32: "*i32", torch.int64: "*i64"}[ids_dtype]
+    types = dict(_PTR_TYPES, segstart_ptr=seg, segseq_ptr=seg, ids_ptr=ids, noisy_ptr=ids)
     signature = {name: types.get(name, "constexpr") for name in fn.arg_names}
     const = {k: v for k, v in const.items() if k in fn.arg_names}
     src = ASTSource(fn=fn, signature=signature, constexprs=const)
-    ck = triton.compile(src, target=GPUTarget("cuda", arch, 32),
-                        options={"num_warps": st.num_warps, "enable_fp_fusion": False})
-    return ck.asm
+    warps = st.num_warps if (kernel == "mask" or exact) else st.stats_warps
+    return triton.compile(src, target=GPUTarget("cuda", arch, 32),
+                          options={"num_warps": warps, "enable_fp_fusion": False})
+
+
+def compile_for_inspection(kernel: str = "mask", arch: int = 90, *, exact: bool = False, block_size: int = 0,
+                           settings: Optional[LaunchSettings] = None) -> dict:
+    """Compile one kernel ahead of time for ``sm_<arch>`` and return its ``asm`` dict (ttir … ptx):
+    the specialization with priority, prompts, both views and loss weights (int64 ids).
+
+    Needs no GPU (Triton's bundled LLVM and ptxas), only a process without ``TRITON_INTERPRET=1``.
+    The tests and ``benchmarks/gpu_check.py`` read the PTX: float64 arithmetic must be
+    ``mul.rn``/``add.rn``/``sub.rn``/``div.rn``, never ``fma`` (docs/design.md §7).
+    """
+    return compile_specialization(kernel, arch, exact=exact, block_size=block_size, settings=settings).asm
