@@ -1,7 +1,7 @@
-"""One prepared run of the Triton ``priority_mask`` kernel on a lent GPU (fits in 8 minutes).
+"""One prepared run of the Triton ``priority_mask`` kernel on a CUDA GPU (fits in 8 minutes).
 
-    bash benchmarks/gpu_check.sh                # on the GPU machine (device tool): results under $OUT
-    .venv/bin/python benchmarks/gpu_check.py --dry-run --out /tmp/gc   # here, without a GPU
+    bash benchmarks/gpu_check.sh [--out DIR]     # on a machine with a CUDA GPU (default out/gpu_check)
+    .venv/bin/python benchmarks/gpu_check.py --dry-run --out /tmp/gc   # the CPU stand-in, without a GPU
 
 Phases, each written to ``<out>/gpu_check.json`` as soon as it ends (a run cut short still
 reports what it measured):

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
-# One prepared run of the Triton priority_mask kernel on a lent GPU (see benchmarks/gpu_check.py).
+# One prepared run of the Triton priority_mask kernel on a CUDA GPU (see benchmarks/gpu_check.py).
 #
-#   bash benchmarks/gpu_check.sh               # on the GPU machine: results under $OUT (default out/gpu_check)
+#   bash benchmarks/gpu_check.sh               # on a machine with a CUDA GPU: results under $GPU_CHECK_OUT (default out/gpu_check)
 #   bash benchmarks/gpu_check.sh --dry-run     # without a GPU: interpreter, tiny sizes, host timers
 #
 # Installs nothing. If dllm_masks (with its dllm_masks.triton_kernels subpackage) is not importable,
@@ -22,4 +22,4 @@ if ! "$PY" -P -c "import dllm_masks.triton_kernels" >/dev/null 2>&1; then
     echo "gpu_check.sh: dllm_masks assembled in $site (not installed)"
 fi
 export DLLM_MASKS_SKIP_CPP=1 PYTHONUNBUFFERED=1
-exec "$PY" -P benchmarks/gpu_check.py --out "${OUT:-out/gpu_check}" "$@"
+exec "$PY" -P benchmarks/gpu_check.py --out "${GPU_CHECK_OUT:-out/gpu_check}" "$@"
