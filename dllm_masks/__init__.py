@@ -7,7 +7,9 @@
 from .ops import MaskedBatch, available_backends, num_segments, priority_mask
 from .rates import solve_rates
 from .schedules import keyed_sigma, sample_sigma
+from .stats import MaskStats, mask_stats
 
 __version__ = "0.1.0"
 
-__all__ = ["priority_mask", "MaskedBatch", "solve_rates", "sample_sigma", "keyed_sigma", "num_segments", "available_backends"]
+__all__ = ["priority_mask", "MaskedBatch", "solve_rates", "sample_sigma", "keyed_sigma", "num_segments", "available_backends",
+           "mask_stats", "MaskStats"]
