@@ -82,6 +82,19 @@ at::Tensor token_bytes(const std::optional<at::Tensor>& x, const char* name, int
   return x->contiguous();
 }
 
+// float32 importance weights (docs/importance.md): [T], finite and >= 0, contiguous.
+at::Tensor token_weights(const at::Tensor& x, int64_t T) {
+  check_cpu(x, "priority");
+  TORCH_CHECK_VALUE(x.dim() == 1 && x.numel() == T, "priority: expected shape [", T, "] (one per token), got ", x.sizes());
+  at::Tensor w = x.contiguous();
+  const float* p = w.data_ptr<float>();
+  for (int64_t i = 0; i < T; ++i) {
+    TORCH_CHECK_VALUE(std::isfinite(p[i]) && p[i] >= 0.0f, "priority_mask: priority: float weights must be finite and >= 0, got priority[", i,
+                      "] = ", p[i]);
+  }
+  return w;
+}
+
 // An optional per-sequence integer tensor as contiguous int64.
 at::Tensor seq_int64(const std::optional<at::Tensor>& x, const char* name, int64_t B) {
   if (!x.has_value()) return at::Tensor();
@@ -135,7 +148,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> priority_
   TORCH_CHECK_VALUE(sigma_.dim() <= 1, "priority_mask: sigma: expected a 1-D tensor, got shape ", sigma_.sizes());
   const at::Tensor sigma_t = sigma_.to(at::kFloat).contiguous();
 
-  const at::Tensor prio_t = token_bytes(priority_, "priority", T);
+  const bool weighted = priority_.has_value() && priority_->defined() && priority_->scalar_type() == at::kFloat;
+  const at::Tensor prio_t = weighted ? token_weights(*priority_, T) : token_bytes(priority_, "priority", T);
   const at::Tensor mk_t = token_bytes(maskable_, "maskable", T);
   TORCH_CHECK_VALUE(!(maskable_.has_value() && prompt_lens_.has_value()),
                     "priority_mask: maskable: give either maskable or prompt_lens, not both");
@@ -150,6 +164,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> priority_
 
   // --- scalars -------------------------------------------------------------------------------------
   TORCH_CHECK_VALUE(!std::isnan(weight) && weight >= 0.0, "priority_mask: weight: must be in [0, inf], got ", weight);
+  TORCH_CHECK_VALUE(!weighted || weight == 1.0, "priority_mask: weight: must be 1 with float32 priority, got ", weight);
   TORCH_CHECK_VALUE(block_size >= 0, "priority_mask: block_size: must be >= 0 (0: one segment per sequence), got ", block_size);
   TORCH_CHECK_VALUE(loss_weight_mode >= 0 && loss_weight_mode <= 2,
                     "priority_mask: loss_weight_mode: expected 0 (none), 1 (sigma) or 2 (token), got ", loss_weight_mode);
@@ -222,7 +237,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> priority_
   c.cu = cu;
   c.seg_start = seg_start;
   c.seg_seq = seg_seq;
-  c.prio = prio_t.defined() ? static_cast<const uint8_t*>(prio_t.data_ptr()) : nullptr;
+  c.prio = prio_t.defined() && !weighted ? static_cast<const uint8_t*>(prio_t.data_ptr()) : nullptr;
+  c.wts = weighted ? prio_t.data_ptr<float>() : nullptr;
   c.mkp = mk_t.defined() ? static_cast<const uint8_t*>(mk_t.data_ptr()) : nullptr;
   c.plen = plen_t.defined() ? plen_t.data_ptr<int64_t>() : nullptr;
   c.sample_ids = sid_t.defined() ? sid_t.data_ptr<int64_t>() : nullptr;

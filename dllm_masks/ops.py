@@ -112,20 +112,19 @@ def kernel_for(backend: Optional[str], device: torch.device, *, weighted: bool =
     """The callable that serves the op for ``backend`` (None: the dispatcher, or
     ``DLLM_MASKS_BACKEND``) on ``device``; it takes :class:`OpArgs` positionally.
 
-    ``weighted``: the call has float32 importance weights, which only the reference implements
-    so far (docs/importance.md): the dispatcher serves them with the reference, and a forced
-    ``"cpp"`` or ``"triton"`` is refused."""
+    ``weighted``: the call has float32 importance weights (docs/importance.md), which the
+    Triton kernels do not implement yet: on CUDA the dispatcher serves them with the reference,
+    and a forced ``"triton"`` is refused."""
     if weighted:
         forced = backend if backend is not None else (os.environ.get("DLLM_MASKS_BACKEND") or None)
         name = "backend" if backend is not None else "DLLM_MASKS_BACKEND"
-        if forced is not None:
-            V.check_choice(name, forced, BACKENDS)
-            if forced != "ref":
-                raise ValueError(f"{name}: {forced!r} does not implement float32 priority (importance weights) yet; "
-                                 "use backend='ref' or the default dispatcher, which serves them with the reference")
-        if not torch.compiler.is_compiling():
-            _announce("ref (float32 priority)", device.type)
-        return priority_mask_ref
+        if forced == "triton":
+            raise ValueError(f"{name}: 'triton' does not implement float32 priority (importance weights) yet; "
+                             "use backend='ref' (or 'cpp' on CPU tensors)")
+        if forced is None and device.type != "cpu":
+            if not torch.compiler.is_compiling():
+                _announce("ref (float32 priority)", device.type)
+            return priority_mask_ref
     if backend is None:
         backend = os.environ.get("DLLM_MASKS_BACKEND") or None
         name = "DLLM_MASKS_BACKEND"

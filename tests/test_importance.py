@@ -197,7 +197,6 @@ def test_corner_cases():
     (dict(priority=torch.ones(4, dtype=torch.float16)), TypeError, "priority"),
     (dict(priority=torch.ones(5)), ValueError, "priority"),
     (dict(priority=torch.ones(4), weight=2.0), ValueError, "weight"),
-    (dict(priority=torch.ones(4), backend="cpp"), ValueError, "backend"),
     (dict(priority=torch.ones(4), backend="triton"), ValueError, "backend"),
 ])
 def test_refuses_bad_weights(bad, exc, match):
