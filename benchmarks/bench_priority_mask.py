@@ -28,7 +28,9 @@ import common as C  # noqa: E402
 import dllm_masks as dm  # noqa: E402
 from dllm_masks.reference import LOSS_WEIGHT_MODES, priority_mask_ref  # noqa: E402
 
-PROVIDERS = ["ref", "compiled", "dfactory", "cpp", "triton", "copy"]
+PROVIDERS = ["ref", "compiled", "dfactory", "cpp", "triton", "copy", "ref-float", "cpp-float"]
+# "<backend>-float": the same workload with float32 importance weights (benchmarks/common.py
+# float_weights) instead of the boolean priority; "x bool" compares them with "<backend>".
 
 
 def parse_size(s: str) -> int:
@@ -47,6 +49,10 @@ def op_args(kw: dict, sampling: str, loss_weight):
 
 
 def make_fn(provider: str, kw: dict, sampling: str, loss_weight, bytes_: dict):
+    if provider.endswith("-float"):
+        kwf = dict(kw, priority=C.float_weights(kw), weight=1.0)
+        return lambda: dm.priority_mask(**kwf, sampling=sampling, loss_weight=loss_weight,
+                                        backend=provider[:-len("-float")], validate=False)
     if provider in ("ref", "cpp", "triton"):
         return lambda: dm.priority_mask(**kw, sampling=sampling, loss_weight=loss_weight, backend=provider,
                                         validate=False)
@@ -66,6 +72,7 @@ def make_fn(provider: str, kw: dict, sampling: str, loss_weight, bytes_: dict):
 
 
 def available(provider: str, device: str):
+    provider = provider[:-len("-float")] if provider.endswith("-float") else provider
     if provider in ("cpp", "triton"):
         why = dm.available_backends()[provider]
         if why:
@@ -113,11 +120,15 @@ def run(args) -> dict:
     # ratios within this run
     for r in rows:
         same = [x for x in rows if x["T"] == r["T"]]
-        ref = next((x for x in same if x["provider"] == "ref" and x["sampling"] == (r["sampling"] or "bernoulli")), None)
+        ref_name = "ref-float" if r["provider"].endswith("-float") else "ref"
+        ref = next((x for x in same if x["provider"] == ref_name and x["sampling"] == (r["sampling"] or "bernoulli")), None)
         floor = next((x for x in same if x["provider"] == "copy"), None)
         dfac = next((x for x in same if x["provider"] == "dfactory"), None)
         r["ns_per_token"] = 1e6 * r["median_ms"] / r["T"]
         r["speedup_vs_ref"] = ref["median_ms"] / r["median_ms"] if ref else None
+        boolean = next((x for x in same if r["provider"].endswith("-float") and x["provider"] == r["provider"][:-6]
+                        and x["sampling"] == r["sampling"]), None)
+        r["x_bool"] = r["median_ms"] / boolean["median_ms"] if boolean else None
         r["speedup_vs_dfactory"] = dfac["median_ms"] / r["median_ms"] if dfac else None
         r["x_copy_floor"] = r["median_ms"] / floor["median_ms"] if floor else None
         r["GBps"] = (r["read"] + r["write"]) / (r["median_ms"] * 1e-3) / 1e9
@@ -130,13 +141,14 @@ def run(args) -> dict:
 
 
 def table(record: dict) -> str:
-    head = f"{'T':>9} {'provider':<10} {'sampling':<10} {'median ms':>10} {'ns/tok':>7} {'vs ref':>7} {'vs dfac':>8} {'x floor':>8} {'GB/s':>6}"
+    head = (f"{'T':>9} {'provider':<10} {'sampling':<10} {'median ms':>10} {'ns/tok':>7} {'vs ref':>7} {'vs dfac':>8} "
+            f"{'x floor':>8} {'GB/s':>6} {'x bool':>7}")
     lines = [head, "-" * len(head)]
     f = lambda v, fmt: (fmt % v) if v is not None else "-"  # noqa: E731
     for r in record["results"]:
         lines.append(f"{r['T']:>9} {r['provider']:<10} {r['sampling'] or '-':<10} {r['median_ms']:>10.3f} "
                      f"{r['ns_per_token']:>7.2f} {f(r['speedup_vs_ref'], '%.1fx'):>7} {f(r['speedup_vs_dfactory'], '%.1fx'):>8} "
-                     f"{f(r['x_copy_floor'], '%.2f'):>8} {r['GBps']:>6.2f}")
+                     f"{f(r['x_copy_floor'], '%.2f'):>8} {r['GBps']:>6.2f} {f(r.get('x_bool'), '%.2f'):>7}")
     for p, why in record["skipped"].items():
         lines.append(f"skipped {p}: {why}")
     return "\n".join(lines)
@@ -163,7 +175,7 @@ def plot(record: dict, path: Path) -> None:
     a1.grid(True, which="both", alpha=0.3)
     a1.legend(fontsize=8)
     sizes = sorted({r["T"] for r in record["results"]})
-    bars = [k for k in keys if k[0] not in ("ref", "copy")]
+    bars = [k for k in keys if k[0] not in ("ref", "ref-float", "copy")]
     width = 0.8 / max(1, len(bars))
     for i, (prov, samp) in enumerate(bars):
         ys = []
