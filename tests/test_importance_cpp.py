@@ -152,3 +152,16 @@ def tensor_like(draw, n):'''),
                           cwd=T.ROOT)
     assert proc.returncode == 0, f"fuzzer exited with {proc.returncode}:\n{proc.stdout[-3000:]}\n{proc.stderr[-6000:]}"
     assert "fuzz ok" in proc.stdout
+
+
+@pytest.mark.parametrize("exact", [False, True])
+def test_opcheck_and_compile_with_float_weights(exact):
+    kw = packed_case([5, 0, 33, 70], seed=2, complementary=True, loss_weight="token",
+                     sampling="exact" if exact else "bernoulli")
+    kw["priority"] = weights(108, torch.Generator().manual_seed(2), "graded")
+    args = ops.normalize(**kw).args
+    torch.library.opcheck(torch.ops.dllm_masks.priority_mask.default, tuple(args))
+    want = dm.priority_mask(**kw, backend="ref")
+    compiled = torch.compile(lambda *a: torch.ops.dllm_masks.priority_mask.default(*a), fullgraph=True)
+    got = compiled(*args)
+    assert torch.equal(got[1], want.masked) and torch.equal(got[3], want.loss_weight) and torch.equal(got[4], want.rates)
