@@ -212,3 +212,19 @@ def test_padded_float_priority():
     b = dm.priority_mask(ids.reshape(-1), 0.5, priority=w.reshape(-1), mask_token_id=0, seed=2,
                          cu_seqlens=torch.tensor([0, 9, 18, 27], dtype=torch.int32))
     assert torch.equal(a.masked.reshape(-1), b.masked) and torch.equal(a.rates, b.rates)
+
+
+def test_triton_entry_serves_float_weights_with_the_reference():
+    """The CUDA implementation of the op (Triton) has no float-weights kernel yet: it hands them to
+    the reference, so a direct op call or a compiled graph on CUDA never misreads weights as bits."""
+    if dm.available_backends()["triton"] is not None:
+        pytest.skip(f"Triton kernels not loadable: {dm.available_backends()['triton']}")
+    from dllm_masks import ops
+    from dllm_masks.reference import priority_mask_ref
+    from dllm_masks.triton_kernels.priority_mask import priority_mask_triton
+
+    for sampling in ("bernoulli", "exact"):
+        kw = _batch([5, 0, 33], 3, _mixed_weights, sampling=sampling, complementary=True, loss_weight="token")
+        args = ops.normalize(**kw).args
+        for x, y in zip(priority_mask_triton(*args), priority_mask_ref(*args)):
+            assert torch.equal(x, y)

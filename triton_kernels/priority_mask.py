@@ -495,6 +495,14 @@ def priority_mask_triton(input_ids, cu_seqlens, sigma, priority, maskable, promp
     from ``rng`` on the device, so a CUDA graph replays with fresh numbers after ``rng`` changes.
     Two launches (plus a few small torch ops building the block table when ``block_size > 0``).
     """
+    if priority is not None and priority.is_floating_point():
+        # float32 importance weights (docs/importance.md) have no Triton kernel yet: the
+        # reference serves them (bit-identical by definition; it syncs with the host).
+        from dllm_masks.reference import priority_mask_ref
+
+        return priority_mask_ref(input_ids, cu_seqlens, sigma, priority, maskable, prompt_lens, sample_ids, rng,
+                                 weight, block_size, num_segments, exact, complementary, loss_weight_mode,
+                                 mask_token_id)
     dev = input_ids.device
     T = input_ids.numel()
     S = int(num_segments)
