@@ -88,7 +88,9 @@ at::Tensor token_weights(const at::Tensor& x, int64_t T) {
   TORCH_CHECK_VALUE(x.dim() == 1 && x.numel() == T, "priority: expected shape [", T, "] (one per token), got ", x.sizes());
   at::Tensor w = x.contiguous();
   const float* p = w.data_ptr<float>();
-  for (int64_t i = 0; i < T; ++i) {
+  bool bad = false;  // one branch-free pass (it vectorizes), then find the first bad value
+  for (int64_t i = 0; i < T; ++i) bad |= !(p[i] >= 0.0f && p[i] <= std::numeric_limits<float>::max());
+  for (int64_t i = 0; bad && i < T; ++i) {
     TORCH_CHECK_VALUE(std::isfinite(p[i]) && p[i] >= 0.0f, "priority_mask: priority: float weights must be finite and >= 0, got priority[", i,
                       "] = ", p[i]);
   }
