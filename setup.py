@@ -48,6 +48,8 @@ if not SKIP:
                     "dllm_masks._C",
                     SOURCES,
                     include_dirs=[os.path.join(HERE, "csrc")],
+                    # headers and included fragments: an edit rebuilds the objects that use them
+                    depends=sorted(glob.glob(os.path.join("csrc", "*.h")) + glob.glob(os.path.join("csrc", "*.inc"))),
                     extra_compile_args=["-O3", "-fopenmp", "-ffp-contract=off", "-std=c++17"],
                     extra_link_args=["-fopenmp"],
                     optional=not REQUIRE,  # a failed build leaves nothing to copy in place (pip install -e)

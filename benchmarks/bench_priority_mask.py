@@ -35,8 +35,10 @@ import common as C  # noqa: E402
 import dllm_masks as dm  # noqa: E402
 from dllm_masks.reference import LOSS_WEIGHT_MODES, priority_mask_ref  # noqa: E402
 
-PROVIDERS = ["ref", "compiled", "dfactory", "cpp", "out", "triton", "copy", "copy_reused"]
+PROVIDERS = ["ref", "compiled", "dfactory", "cpp", "out", "triton", "copy", "copy_reused", "ref-float", "cpp-float"]
 FLOORS = ("copy", "copy_reused")
+# "<backend>-float": the same workload with float32 importance weights (benchmarks/common.py
+# float_weights) instead of the boolean priority; "x bool" compares them with "<backend>".
 
 
 def parse_size(s: str) -> int:
@@ -60,6 +62,10 @@ def with_block_size(kw: dict, block_size) -> dict:
 
 
 def make_fn(provider: str, kw: dict, sampling: str, loss_weight, bytes_: dict):
+    if provider.endswith("-float"):
+        kwf = dict(kw, priority=C.float_weights(kw), weight=1.0)
+        return lambda: dm.priority_mask(**kwf, sampling=sampling, loss_weight=loss_weight,
+                                        backend=provider[:-len("-float")], validate=False)
     if provider in ("ref", "cpp", "triton"):
         return lambda: dm.priority_mask(**kw, sampling=sampling, loss_weight=loss_weight, backend=provider,
                                         validate=False)
@@ -88,6 +94,7 @@ def make_fn(provider: str, kw: dict, sampling: str, loss_weight, bytes_: dict):
 
 
 def available(provider: str, device: str):
+    provider = provider[:-len("-float")] if provider.endswith("-float") else provider
     if provider in ("cpp", "out", "triton"):
         why = dm.available_backends()["cpp" if provider == "out" else provider]
         if why:
@@ -135,12 +142,16 @@ def run(args) -> dict:
     # ratios within this run
     for r in rows:
         same = [x for x in rows if x["T"] == r["T"]]
-        ref = next((x for x in same if x["provider"] == "ref" and x["sampling"] == (r["sampling"] or "bernoulli")), None)
+        ref_name = "ref-float" if r["provider"].endswith("-float") else "ref"
+        ref = next((x for x in same if x["provider"] == ref_name and x["sampling"] == (r["sampling"] or "bernoulli")), None)
         floor = next((x for x in same if x["provider"] == "copy"), None)
         floor_reused = next((x for x in same if x["provider"] == "copy_reused"), None)
         dfac = next((x for x in same if x["provider"] == "dfactory"), None)
         r["ns_per_token"] = 1e6 * r["median_ms"] / r["T"]
         r["speedup_vs_ref"] = ref["median_ms"] / r["median_ms"] if ref else None
+        boolean = next((x for x in same if r["provider"].endswith("-float") and x["provider"] == r["provider"][:-6]
+                        and x["sampling"] == r["sampling"]), None)
+        r["x_bool"] = r["median_ms"] / boolean["median_ms"] if boolean else None
         r["speedup_vs_dfactory"] = dfac["median_ms"] / r["median_ms"] if dfac else None
         r["x_copy_floor"] = r["median_ms"] / floor["median_ms"] if floor else None
         r["x_copy_reused"] = r["median_ms"] / floor_reused["median_ms"] if floor_reused else None
@@ -180,14 +191,15 @@ def flatness(rows: list) -> dict:
 
 def table(record: dict) -> str:
     head = (f"{'T':>9} {'provider':<11} {'sampling':<10} {'median ms':>10} {'ns/tok':>7} {'min ns/tok':>10} {'vs ref':>7} "
-            f"{'vs dfac':>8} {'x floor':>8} {'x reused':>8} {'(min)':>6} {'GB/s':>6}")
+            f"{'vs dfac':>8} {'x floor':>8} {'x reused':>8} {'(min)':>6} {'GB/s':>6} {'x bool':>7}")
     lines = [head, "-" * len(head)]
     f = lambda v, fmt: (fmt % v) if v is not None else "-"  # noqa: E731
     for r in record["results"]:
         lines.append(f"{r['T']:>9} {r['provider']:<11} {r['sampling'] or '-':<10} {r['median_ms']:>10.3f} "
                      f"{r['ns_per_token']:>7.2f} {r['ns_per_token_min']:>10.2f} {f(r['speedup_vs_ref'], '%.1fx'):>7} "
                      f"{f(r['speedup_vs_dfactory'], '%.1fx'):>8} {f(r['x_copy_floor'], '%.2f'):>8} "
-                     f"{f(r.get('x_copy_reused'), '%.2f'):>8} {f(r.get('x_copy_reused_min'), '%.2f'):>6} {r['GBps']:>6.2f}")
+                     f"{f(r.get('x_copy_reused'), '%.2f'):>8} {f(r.get('x_copy_reused_min'), '%.2f'):>6} {r['GBps']:>6.2f} "
+                     f"{f(r.get('x_bool'), '%.2f'):>7}")
     for key, fl in record.get("flatness", {}).items():
         for stat in ("median", "min"):
             lines.append(f"flatness {key:<22} {stat:<6} ns/token {fl[f'ns_per_token_{stat}']} "
@@ -218,7 +230,7 @@ def plot(record: dict, path: Path) -> None:
     a1.grid(True, which="both", alpha=0.3)
     a1.legend(fontsize=8)
     sizes = sorted({r["T"] for r in record["results"]})
-    bars = [k for k in keys if k[0] not in ("ref",) + FLOORS]
+    bars = [k for k in keys if k[0] not in ("ref", "ref-float") + FLOORS]
     width = 0.8 / max(1, len(bars))
     # Without the reference in the run: time over the reused-buffer copy floor instead.
     vs_ref = any(r["provider"] == "ref" for r in record["results"])

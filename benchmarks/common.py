@@ -42,6 +42,15 @@ def workload(T: int, *, seq_len: int = SEQ_LEN, prio_rate: float = 0.25, seed: i
     return kw
 
 
+def float_weights(kw: dict, *, seed: int = 1) -> torch.Tensor:
+    """Graded float32 importance weights for a workload (docs/importance.md): 1 + 4u on its priority
+    tokens and 0.25 + 0.75u elsewhere (u uniform), so every segment takes the ≥ 3-level path."""
+    pr = kw["priority"]
+    g = torch.Generator().manual_seed(seed)
+    u = torch.rand(pr.numel(), generator=g).to(pr.device)
+    return torch.where(pr, 1 + 4 * u, 0.25 + 0.75 * u).to(torch.float32)
+
+
 def dfactory_mask(input_ids: torch.Tensor, t: torch.Tensor, prompt_lens: torch.Tensor, mask_id: int,
                   seq_len: int = SEQ_LEN, generator: Optional[torch.Generator] = None):
     """The per-sequence uniform Bernoulli masking trainers use today (dFactory / LLaDA SFT style):

@@ -83,6 +83,21 @@ at::Tensor token_bytes(const std::optional<at::Tensor>& x, const char* name, int
   return x->contiguous();
 }
 
+// float32 importance weights (docs/importance.md): [T], finite and >= 0, contiguous.
+at::Tensor token_weights(const at::Tensor& x, int64_t T) {
+  check_cpu(x, "priority");
+  TORCH_CHECK_VALUE(x.dim() == 1 && x.numel() == T, "priority: expected shape [", T, "] (one per token), got ", x.sizes());
+  at::Tensor w = x.contiguous();
+  const float* p = w.data_ptr<float>();
+  bool bad = false;  // one branch-free pass (it vectorizes), then find the first bad value
+  for (int64_t i = 0; i < T; ++i) bad |= !(p[i] >= 0.0f && p[i] <= std::numeric_limits<float>::max());
+  for (int64_t i = 0; bad && i < T; ++i) {
+    TORCH_CHECK_VALUE(std::isfinite(p[i]) && p[i] >= 0.0f, "priority_mask: priority: float weights must be finite and >= 0, got priority[", i,
+                      "] = ", p[i]);
+  }
+  return w;
+}
+
 // An optional per-sequence integer tensor as contiguous int64.
 at::Tensor seq_int64(const std::optional<at::Tensor>& x, const char* name, int64_t B) {
   if (!x.has_value()) return at::Tensor();
@@ -107,6 +122,7 @@ bool use_avx512_kernel() {
 struct Inputs {
   at::Tensor ids, cu, sigma, priority, maskable, prompt_lens, sample_ids, rng;
   int64_t T = 0, B = 0, S = 0;
+  bool weighted = false;  // priority holds float32 importance weights (docs/importance.md)
 };
 
 Inputs check_inputs(const at::Tensor& input_ids_, const at::Tensor& cu_seqlens_, const at::Tensor& sigma_,
@@ -139,7 +155,8 @@ Inputs check_inputs(const at::Tensor& input_ids_, const at::Tensor& cu_seqlens_,
   TORCH_CHECK_VALUE(sigma_.dim() <= 1, "priority_mask: sigma: expected a 1-D tensor, got shape ", sigma_.sizes());
   in.sigma = sigma_.to(at::kFloat).contiguous();
 
-  in.priority = token_bytes(priority_, "priority", T);
+  in.weighted = priority_.has_value() && priority_->defined() && priority_->scalar_type() == at::kFloat;
+  in.priority = in.weighted ? token_weights(*priority_, T) : token_bytes(priority_, "priority", T);
   in.maskable = token_bytes(maskable_, "maskable", T);
   TORCH_CHECK_VALUE(!(maskable_.has_value() && prompt_lens_.has_value()),
                     "priority_mask: maskable: give either maskable or prompt_lens, not both");
@@ -154,6 +171,7 @@ Inputs check_inputs(const at::Tensor& input_ids_, const at::Tensor& cu_seqlens_,
 
   // --- scalars -------------------------------------------------------------------------------------
   TORCH_CHECK_VALUE(!std::isnan(weight) && weight >= 0.0, "priority_mask: weight: must be in [0, inf], got ", weight);
+  TORCH_CHECK_VALUE(!in.weighted || weight == 1.0, "priority_mask: weight: must be 1 with float32 priority, got ", weight);
   TORCH_CHECK_VALUE(block_size >= 0, "priority_mask: block_size: must be >= 0 (0: one segment per sequence), got ", block_size);
   TORCH_CHECK_VALUE(loss_weight_mode >= detail::kLossWeightNone && loss_weight_mode <= detail::kLossWeightToken,
                     "priority_mask: loss_weight_mode: expected 0 (none), 1 (sigma) or 2 (token), got ", loss_weight_mode);
@@ -293,7 +311,8 @@ Ctx make_ctx(const Inputs& in, const at::Tensor& segments, const Outputs& o, dou
   c.cu = in.cu.data_ptr<int64_t>();
   c.seg_start = segments.data_ptr<int64_t>();
   c.seg_seq = c.seg_start + in.S + 1;
-  c.prio = in.priority.defined() ? static_cast<const uint8_t*>(in.priority.data_ptr()) : nullptr;
+  c.prio = in.priority.defined() && !in.weighted ? static_cast<const uint8_t*>(in.priority.data_ptr()) : nullptr;
+  c.weights = in.weighted ? in.priority.data_ptr<float>() : nullptr;
   c.maskable = in.maskable.defined() ? static_cast<const uint8_t*>(in.maskable.data_ptr()) : nullptr;
   c.plen = in.prompt_lens.defined() ? in.prompt_lens.data_ptr<int64_t>() : nullptr;
   c.sample_ids = in.sample_ids.defined() ? in.sample_ids.data_ptr<int64_t>() : nullptr;

@@ -32,6 +32,7 @@ struct Ctx {  // plain data: no member functions, so nothing of it is compiled p
   const int64_t* seg_start = nullptr;  // [S+1] first token of each segment, seg_start[S] = T
   const int64_t* seg_seq = nullptr;    // [S] sequence of each segment
   const uint8_t* prio = nullptr;       // [T] or null
+  const float* weights = nullptr;      // [T] float32 importance weights (docs/importance.md) or null
   const uint8_t* maskable = nullptr;   // [T] or null
   const int64_t* plen = nullptr;       // [B] or null
   const int64_t* sample_ids = nullptr; // [B] or null

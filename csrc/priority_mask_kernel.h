@@ -572,9 +572,16 @@ void dispatch_mode(const Ctx& c) {
   }
 }
 
+#include "priority_mask_weights.inc"
+
 }  // namespace
 
 void DLLM_MASKS_KERNEL_ENTRY(const Ctx& c) {
+  if (c.weights) {  // float32 importance weights
+    if (c.ids32) dispatch_weighted<int32_t>(c);
+    else dispatch_weighted<int64_t>(c);
+    return;
+  }
   if (c.ids32) dispatch_mode<int32_t>(c);
   else dispatch_mode<int64_t>(c);
 }

@@ -132,11 +132,25 @@ def _announce(served: str, device_type: str) -> None:
     log.debug("dllm_masks: priority_mask on %s served by %s", device_type, served)
 
 
-def kernel_for(backend: Optional[str], device: torch.device, out: bool = False):
+def kernel_for(backend: Optional[str], device: torch.device, out: bool = False, *, weighted: bool = False):
     """The callable that serves the op for ``backend`` (None: the dispatcher, or
     ``DLLM_MASKS_BACKEND``) on ``device``; it takes :class:`OpArgs` positionally. With ``out``,
     the out-variant: the same, plus the buffers as keywords ``noisy, masked, labels,
-    loss_weight, rates`` (see :data:`OUT_NAMES`); it writes them and returns None."""
+    loss_weight, rates`` (see :data:`OUT_NAMES`); it writes them and returns None.
+
+    ``weighted``: the call has float32 importance weights (docs/importance.md), which the
+    Triton kernels do not implement yet: on CUDA the dispatcher serves them with the reference,
+    and a forced ``"triton"`` is refused."""
+    if weighted:
+        forced = backend if backend is not None else (os.environ.get("DLLM_MASKS_BACKEND") or None)
+        name = "backend" if backend is not None else "DLLM_MASKS_BACKEND"
+        if forced == "triton":
+            raise ValueError(f"{name}: 'triton' does not implement float32 priority (importance weights) yet; "
+                             "use backend='ref' (or 'cpp' on CPU tensors)")
+        if forced is None and device.type != "cpu":
+            if not torch.compiler.is_compiling():
+                _announce("ref (float32 priority)", device.type)
+            return priority_mask_ref_out if out else priority_mask_ref
     if backend is None:
         backend = os.environ.get("DLLM_MASKS_BACKEND") or None
         name = "DLLM_MASKS_BACKEND"
@@ -392,8 +406,13 @@ def normalize(
     if maskable is not None:
         maskable = _flat("maskable", maskable, tok_shape, dev, (torch.bool,) + V.INT_DTYPES).to(torch.bool)
     if priority is not None:
-        priority = _flat("priority", priority, tok_shape, dev, (torch.bool,) + V.INT_DTYPES)
-        if priority.dtype not in (torch.bool, torch.uint8):
+        priority = _flat("priority", priority, tok_shape, dev, (torch.bool, torch.float32) + V.INT_DTYPES)
+        if priority.dtype == torch.float32:  # importance weights (docs/importance.md)
+            if validate and not bool((torch.isfinite(priority) & (priority >= 0)).all()):
+                raise ValueError("priority: float weights must be finite and >= 0")
+            if float(weight) != 1.0:
+                raise ValueError(f"weight: must be 1 with float32 priority (the weights are its values), got {weight}")
+        elif priority.dtype != torch.uint8:
             priority = priority != 0
     if prompt_lens is not None:
         prompt_lens = _flat("prompt_lens", prompt_lens, (B,), dev, V.INT_DTYPES).to(torch.int64)
@@ -621,8 +640,10 @@ def priority_mask(
         Prompt tokens (the first ``prompt_lens[b]`` of sequence b) are never masked.
     maskable : torch.Tensor, bool, [T] or [B, L], optional
         Tokens that may be masked. Not together with ``prompt_lens``. Neither: all tokens.
-    priority : torch.Tensor, bool or integer (nonzero = priority), [T] or [B, L], optional
-        Information-dense tokens. None: no priority tokens (uniform masking).
+    priority : torch.Tensor, bool or integer (nonzero = priority) or float32, [T] or [B, L], optional
+        Information-dense tokens. None: no priority tokens (uniform masking). float32: importance
+        weights w_i (finite, ≥ 0; ``weight`` stays 1): each segment masks token i with rate
+        min(1, w_i·q0), q0 solved so the rates sum to σ·N (docs/importance.md).
     weight : float in [0, inf]
         w: priority tokens are w times as likely to be masked. 1 = uniform, inf = priority tokens
         first (hard), 0 = the others first (reverse hard).
@@ -683,10 +704,11 @@ def priority_mask(
                      maskable=maskable, priority=priority, weight=weight, sampling=sampling,
                      complementary=complementary, block_size=block_size, seed=seed, seq_offset=seq_offset,
                      sample_ids=sample_ids, loss_weight=loss_weight, validate=validate)
+    weighted = call.args.priority is not None and call.args.priority.is_floating_point()
     if out is None:
-        return wrap(kernel_for(backend, input_ids.device)(*call.args), call)
+        return wrap(kernel_for(backend, input_ids.device, weighted=weighted)(*call.args), call)
     bufs = check_out(out, call)
-    kernel_for(backend, input_ids.device, out=True)(*call.args, **dict(zip(OUT_NAMES, bufs)))
+    kernel_for(backend, input_ids.device, out=True, weighted=weighted)(*call.args, **dict(zip(OUT_NAMES, bufs)))
     a = call.args
     return MaskedBatch(out.noisy_ids, out.labels, out.masked, out.loss_weight, _cu_out(call), out.rates,
                        a.sigma.expand(a.num_segments))

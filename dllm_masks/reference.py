@@ -10,6 +10,7 @@ from typing import Optional, Tuple
 
 import torch
 
+from .importance import weighted_masks
 from .rates import _solve, bernoulli_thresholds, exact_counts
 from .rng import MASK32, STREAM_BERNOULLI, STREAM_SELECT, philox4x32, split_seed
 
@@ -51,6 +52,23 @@ def _draws(cu: torch.Tensor, seq: torch.Tensor, pos: torch.Tensor, seq_keys: tor
     return words.reshape(-1)[(gstart[seq] + (pos >> 2)) * 4 + (pos & 3)]
 
 
+def _select_smallest(mk, seg, grp, r, k0, k1, S: int) -> torch.Tensor:
+    """Exact sampling (docs/design.md): per (segment, group) the k smallest draws r, ties by
+    position, among maskable tokens: one stable sort on a 64-bit key."""
+    dev = mk.device
+    T = mk.numel()
+    gid = torch.where(mk, seg * 2 + grp, torch.full_like(seg, 2 * S))
+    order = torch.sort((gid << 32) | r, stable=True).indices
+    gcount = torch.zeros(2 * S + 1, dtype=torch.int64, device=dev).index_add_(0, gid, torch.ones_like(gid))
+    gstart = torch.cumsum(gcount, 0) - gcount
+    rank = torch.empty_like(order)
+    rank[order] = torch.arange(T, device=dev, dtype=torch.int64)
+    rank = rank - gstart[gid]
+    kk = torch.stack([k0, k1], dim=-1).reshape(-1)
+    kk = torch.cat([kk, kk.new_zeros(1)])
+    return mk & (rank < kk[gid])
+
+
 def priority_mask_ref(
     input_ids: torch.Tensor,
     cu_seqlens: torch.Tensor,
@@ -75,12 +93,12 @@ def priority_mask_ref(
     input_ids : int32/int64 [T]
     cu_seqlens : int32 [B+1]
     sigma : float32 [1] or [S]
-    priority : bool/uint8 [T] or None
+    priority : bool/uint8 [T], float32 [T] (importance weights, docs/importance.md) or None
     maskable : bool [T] or None
     prompt_lens : int32/int64 [B] or None (never together with ``maskable``)
     sample_ids : int64 [B] or None
     rng : int64 [2], (seed, seq_offset), bits read as uint64 / int64
-    weight : float in [0, inf]
+    weight : float in [0, inf] (1.0 with float32 priority)
     block_size : int, 0 for one segment per sequence
     num_segments : int, S
     exact, complementary : bool
@@ -104,7 +122,8 @@ def priority_mask_ref(
         mk = pos >= prompt_lens.to(torch.int64)[seq]
     else:
         mk = torch.ones(T, dtype=torch.bool, device=dev)
-    pr = priority.to(torch.bool) & mk if priority is not None else torch.zeros_like(mk)
+    weighted = priority is not None and priority.is_floating_point()
+    pr = priority.to(torch.bool) & mk if priority is not None and not weighted else torch.zeros_like(mk)
 
     if block_size > 0:
         lens = cu[1:] - cu[:-1]
@@ -118,27 +137,24 @@ def priority_mask_ref(
     sig = sigma.to(torch.float32).expand(S) if sigma.numel() == 1 else sigma.to(torch.float32)
     n = torch.zeros(S, dtype=torch.int64, device=dev).index_add_(0, seg, mk.to(torch.int64))
     n1 = torch.zeros(S, dtype=torch.int64, device=dev).index_add_(0, seg, pr.to(torch.int64))
-    rates = _solve(n, n1, sig, float(weight))
+    rates = None if weighted else _solve(n, n1, sig, float(weight))
 
     if sample_ids is not None:
         seq_keys = sample_ids.to(torch.int64)
     else:
         seq_keys = rng[1].to(torch.int64) + torch.arange(B, device=dev, dtype=torch.int64)
     grp = pr.to(torch.int64)  # 0: other, 1: priority
-    if exact:
+    if weighted:  # float importance weights: dllm_masks.importance (docs/importance.md)
+        r = _draws(cu, seq, pos, seq_keys, STREAM_SELECT if exact else STREAM_BERNOULLI, rng)
+        seg_first = torch.full((S,), T, dtype=torch.int64, device=dev).scatter_reduce_(
+            0, seg, torch.arange(T, device=dev, dtype=torch.int64), "amin")
+        masked, q_tok, rates = weighted_masks(
+            priority.to(torch.float32), mk, seg, S, sig, exact, r, seg_first,
+            lambda g, k0, k1: _select_smallest(mk, seg, g, r, k0, k1, S))
+    elif exact:
         k0, k1 = exact_counts(n, n1, sig, rates)
         r = _draws(cu, seq, pos, seq_keys, STREAM_SELECT, rng)
-        # Sort by (segment, group, r), ties by position: one stable sort on a 64-bit key.
-        gid = torch.where(mk, seg * 2 + grp, torch.full_like(seg, 2 * S))
-        order = torch.sort((gid << 32) | r, stable=True).indices
-        gcount = torch.zeros(2 * S + 1, dtype=torch.int64, device=dev).index_add_(0, gid, torch.ones_like(gid))
-        gstart = torch.cumsum(gcount, 0) - gcount
-        rank = torch.empty_like(order)
-        rank[order] = torch.arange(T, device=dev, dtype=torch.int64)
-        rank = rank - gstart[gid]
-        kk = torch.stack([k0, k1], dim=-1).reshape(-1)
-        kk = torch.cat([kk, kk.new_zeros(1)])
-        masked = mk & (rank < kk[gid])
+        masked = _select_smallest(mk, seg, grp, r, k0, k1, S)
     else:
         thr = bernoulli_thresholds(rates)  # [S, 2]
         r = _draws(cu, seq, pos, seq_keys, STREAM_BERNOULLI, rng)
@@ -153,7 +169,10 @@ def priority_mask_ref(
     if loss_weight_mode == 0:
         lw = torch.empty(0, dtype=torch.float32, device=dev)
     else:
-        q = sig.to(torch.float64)[seg] if loss_weight_mode == 1 else rates[seg, grp]
+        if loss_weight_mode == 1:
+            q = sig.to(torch.float64)[seg]
+        else:
+            q = q_tok if weighted else rates[seg, grp]
         parts = [torch.where(views[0], 1.0 / q, 0.0)]
         if complementary:
             parts.append(torch.where(views[1], 1.0 / (1.0 - q), 0.0))

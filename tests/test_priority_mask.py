@@ -386,7 +386,7 @@ BAD = [
     (dict(maskable=torch.ones(9, dtype=torch.bool)), ValueError, "maskable"),
     (dict(maskable=torch.ones(10)), TypeError, "maskable"),
     (dict(priority=torch.ones(11, dtype=torch.bool)), ValueError, "priority"),
-    (dict(priority=torch.ones(10)), TypeError, "priority"),
+    (dict(priority=torch.ones(10, dtype=torch.float64)), TypeError, "priority"),  # float32 = importance weights
     (dict(sample_ids=torch.tensor([1])), ValueError, "sample_ids"),
     (dict(mask_token_id=2**31, input_ids=torch.arange(10, dtype=torch.int32)), ValueError, "mask_token_id"),
     (dict(mask_token_id=-(2**63) - 1), ValueError, "mask_token_id"),

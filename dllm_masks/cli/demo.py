@@ -17,6 +17,7 @@ import time
 import torch
 
 from ..ops import available_backends, priority_mask
+from ..stats import format_stats, mask_stats
 
 __all__ = ["DEMO_CONFIG", "demo_config", "add_parser"]
 
@@ -167,6 +168,9 @@ def run_show_mask(args) -> int:
         om = float(m[~prio].float().mean())
         print(f"\n== {name}: masked {int(m.sum())}/{T}, priority {pm:.2f}, other {om:.2f}")
         print(_render(chars, m.tolist(), prio.tolist()))
+    if args.stats:
+        print("\n== mask statistics (dm.mask_stats)")
+        print(format_stats(mask_stats(out, priority=prio)))
     return 0
 
 
@@ -184,4 +188,7 @@ def add_parser(sub) -> None:
     q.add_argument("--sigma", type=float, default=0.4)
     q.add_argument("--weight", type=float, default=2.0)
     q.add_argument("--seed", type=int, default=0)
+    q.add_argument("--stats", action="store_true",
+                   help="also print dm.mask_stats: masked run lengths, dense tokens masked with their neighbours, "
+                        "dense spans masked whole, realized rates")
     q.set_defaults(func=run_show_mask)
