@@ -94,35 +94,47 @@ def mask_stats(batch, *, block_size: Optional[int] = None, priority: Optional[to
     -------
     list of :class:`MaskStats`, one per view (view 0 first).
     """
-    masked_all = batch.masked
-    padded = masked_all.dim() == 2
+    K = None if block_size is None else V.check_int("block_size", block_size, low=1)
+    views, cu, mv = _views(batch, K, block_size)
+    T = mv.shape[1]
+    mk, dense, level = _token_classes(mv, views, T, priority, maskable)
+    geo = _geometry(cu, T, K)
     S = batch.sigma.numel()
-    if padded:
+    sig = batch.sigma.to(torch.float64).cpu().expand(S)
+    return [_view_stats(mv[v], mk, dense, level, geo, S, K, sig if v == 0 else 1.0 - sig) for v in range(views)]
+
+
+def _segment_count(cu: torch.Tensor, K: Optional[int]) -> int:
+    if K is None:
+        return cu.numel() - 1
+    lens = cu[1:] - cu[:-1]
+    return int(((lens + K - 1) // K).sum())
+
+
+def _views(batch, K: Optional[int], block_size):
+    """(views, int64 offsets of view 0's sequences [B+1], bool masks [views, T]) of a batch."""
+    masked_all = batch.masked
+    S = batch.sigma.numel()
+    if masked_all.dim() == 2:
         rows, L = masked_all.shape
         cu_all = torch.arange(rows + 1, dtype=torch.int64) * L
     else:
         cu_all = batch.cu_seqlens.to(torch.int64).cpu()
     nseq = cu_all.numel() - 1
     masked_all = masked_all.reshape(-1).cpu()
-    K = None if block_size is None else V.check_int("block_size", block_size, low=1)
-
-    def segments(cu):
-        if K is None:
-            return cu.numel() - 1
-        lens = cu[1:] - cu[:-1]
-        return int(((lens + K - 1) // K).sum())
-
     views = 1
     if nseq % 2 == 0 and nseq:
         half = cu_all[: nseq // 2 + 1]
-        if segments(half) == S and torch.equal(cu_all[nseq // 2:] - cu_all[nseq // 2], half):
+        if _segment_count(half, K) == S and torch.equal(cu_all[nseq // 2:] - cu_all[nseq // 2], half):
             views = 2
-    if views == 1 and segments(cu_all) != S:
+    if views == 1 and _segment_count(cu_all, K) != S:
         raise ValueError(f"block_size: the batch has {S} segments, which block_size={block_size} does not give")
     T = masked_all.numel() // views
-    cu = cu_all[: nseq // views + 1]
-    mv = masked_all.view(views, T)
+    return views, cu_all[: nseq // views + 1], masked_all.view(views, T)
 
+
+def _token_classes(mv: torch.Tensor, views: int, T: int, priority, maskable):
+    """Per token: maskable (bool), dense (bool, maskable only) and priority level (float64)."""
     if maskable is not None:
         mk = maskable.reshape(-1).to(torch.bool).cpu()
         V.check_shape("maskable", mk, (T,))
@@ -138,68 +150,70 @@ def mask_stats(batch, *, block_size: Optional[int] = None, priority: Optional[to
     else:
         dense = torch.zeros(T, dtype=torch.bool)
         level = torch.zeros(T, dtype=torch.float64)
-    dense = dense & mk
+    return mk, dense & mk, level
 
+
+def _geometry(cu: torch.Tensor, T: int, K: Optional[int]) -> dict:
+    """Per token: whether it has a neighbour before / after it in its sequence, and its segment."""
     tok = torch.arange(T)
     seq = torch.searchsorted(cu[1:], tok, right=True)
     pos = tok - cu[seq]
     lens = cu[1:] - cu[:-1]
-    has_prev = pos > 0
-    has_next = pos < lens[seq] - 1
     if K is None:
         seg = seq
     else:
         nblk = (lens + K - 1) // K
         seg = (torch.cumsum(nblk, 0) - nblk)[seq] + pos // K
-    sig = batch.sigma.to(torch.float64).cpu().expand(S)
+    return {"has_prev": pos > 0, "has_next": pos < lens[seq] - 1, "seg": seg}
 
-    out = []
-    for v in range(views):
-        m = mv[v]
-        prev = torch.zeros_like(m)
-        prev[1:] = m[:-1]
-        prev &= has_prev
-        nxt = torch.zeros_like(m)
-        nxt[:-1] = m[1:]
-        nxt &= has_next
-        # masked runs
-        starts = m & ~prev
-        run_id = torch.cumsum(starts.to(torch.int64), 0) - 1
-        run_len = torch.bincount(run_id[m], minlength=int(starts.sum())) if bool(m.any()) else torch.zeros(0, dtype=torch.int64)
-        hist = torch.bincount(run_len, minlength=1) if run_len.numel() else torch.zeros(1, dtype=torch.int64)
-        run_mean = float(run_len.double().mean()) if run_len.numel() else float("nan")
-        # fully masked blocks
-        full = None
-        if K is not None:
-            bk_mk = torch.zeros(S, dtype=torch.int64).index_add_(0, seg, mk.to(torch.int64))
-            bk_m = torch.zeros(S, dtype=torch.int64).index_add_(0, seg, m.to(torch.int64))
-            full = _share(((bk_m == bk_mk) & (bk_mk > 0)).sum(), (bk_mk > 0).sum())
-        # dense tokens: both neighbours, whole spans
-        inner = dense & m & has_prev & has_next
-        both = _share((inner & prev & nxt).sum(), inner.sum())
-        dprev = torch.zeros_like(dense)
-        dprev[1:] = dense[:-1]
-        dprev &= has_prev
-        span_start = dense & ~dprev
-        span_id = torch.cumsum(span_start.to(torch.int64), 0) - 1
-        nspan = int(span_start.sum())
-        if nspan:
-            span_len = torch.bincount(span_id[dense], minlength=nspan)
-            span_m = torch.bincount(span_id[dense], weights=m[dense].double(), minlength=nspan)
-            whole = _share((span_m == span_len.double()).sum(), torch.tensor(nspan))
-        else:
-            whole = float("nan")
-        # realized rates
-        n_mk = torch.zeros(S, dtype=torch.float64).index_add_(0, seg, mk.double())
-        n_m = torch.zeros(S, dtype=torch.float64).index_add_(0, seg, m.double())
-        rate = torch.where(n_mk > 0, n_m / n_mk.clamp(min=1), torch.full_like(n_m, float("nan")))
-        target = sig if v == 0 else 1.0 - sig
-        levels = {}
-        for lv in torch.unique(level[mk]).tolist():
-            sel = mk & (level == lv)
-            levels[lv] = _share((m & sel).sum(), sel.sum())
-        out.append(MaskStats(hist, run_mean, full, both, whole, rate, target, levels))
-    return out
+
+def _shifted(x: torch.Tensor, by: int, valid: torch.Tensor) -> torch.Tensor:
+    """x[i - by] (by = 1: the previous token; -1: the next one) where ``valid``, else False."""
+    out = torch.zeros_like(x)
+    if by > 0:
+        out[by:] = x[:-by]
+    else:
+        out[:by] = x[-by:]
+    return out & valid
+
+
+def _view_stats(m, mk, dense, level, geo, S: int, K: Optional[int], target) -> MaskStats:
+    """The statistics of one view's masks ``m`` (bool [T])."""
+    has_prev, has_next, seg = geo["has_prev"], geo["has_next"], geo["seg"]
+    prev, nxt = _shifted(m, 1, has_prev), _shifted(m, -1, has_next)
+    # masked runs
+    starts = m & ~prev
+    run_id = torch.cumsum(starts.to(torch.int64), 0) - 1
+    run_len = torch.bincount(run_id[m], minlength=int(starts.sum())) if bool(m.any()) else torch.zeros(0, dtype=torch.int64)
+    hist = torch.bincount(run_len, minlength=1) if run_len.numel() else torch.zeros(1, dtype=torch.int64)
+    run_mean = float(run_len.double().mean()) if run_len.numel() else float("nan")
+    # fully masked blocks
+    full = None
+    if K is not None:
+        bk_mk = torch.zeros(S, dtype=torch.int64).index_add_(0, seg, mk.to(torch.int64))
+        bk_m = torch.zeros(S, dtype=torch.int64).index_add_(0, seg, m.to(torch.int64))
+        full = _share(((bk_m == bk_mk) & (bk_mk > 0)).sum(), (bk_mk > 0).sum())
+    # dense tokens: both neighbours, whole spans
+    inner = dense & m & has_prev & has_next
+    both = _share((inner & prev & nxt).sum(), inner.sum())
+    span_start = dense & ~_shifted(dense, 1, has_prev)
+    span_id = torch.cumsum(span_start.to(torch.int64), 0) - 1
+    nspan = int(span_start.sum())
+    if nspan:
+        span_len = torch.bincount(span_id[dense], minlength=nspan)
+        span_m = torch.bincount(span_id[dense], weights=m[dense].double(), minlength=nspan)
+        whole = _share((span_m == span_len.double()).sum(), torch.tensor(nspan))
+    else:
+        whole = float("nan")
+    # realized rates
+    n_mk = torch.zeros(S, dtype=torch.float64).index_add_(0, seg, mk.double())
+    n_m = torch.zeros(S, dtype=torch.float64).index_add_(0, seg, m.double())
+    rate = torch.where(n_mk > 0, n_m / n_mk.clamp(min=1), torch.full_like(n_m, float("nan")))
+    levels = {}
+    for lv in torch.unique(level[mk]).tolist():
+        sel = mk & (level == lv)
+        levels[lv] = _share((m & sel).sum(), sel.sum())
+    return MaskStats(hist, run_mean, full, both, whole, rate, target, levels)
 
 
 def format_stats(stats: List[MaskStats], max_run: int = 12) -> str:
