@@ -110,48 +110,55 @@ def priority_mask_ref(
     noisy_ids [V·T] (input dtype), masked bool [V·T], labels int64 [V·T],
     loss_weight float32 [V·T] (or [0] when mode 0), rates float64 [S, 2]; V = 2 if complementary.
     """
-    dev = input_ids.device
     T = input_ids.numel()
-    B = cu_seqlens.numel() - 1
     S = num_segments
     cu, seq, pos = _token_layout(cu_seqlens, T)
+    mk, seg = _maskable_and_segments(cu, seq, pos, maskable, prompt_lens, block_size)
+    sig = sigma.to(torch.float32).expand(S) if sigma.numel() == 1 else sigma.to(torch.float32)
+    if sample_ids is not None:
+        seq_keys = sample_ids.to(torch.int64)
+    else:
+        seq_keys = rng[1].to(torch.int64) + torch.arange(cu.numel() - 1, device=cu.device, dtype=torch.int64)
+    if priority is not None and priority.is_floating_point():  # importance weights: docs/importance.md
+        r = _draws(cu, seq, pos, seq_keys, STREAM_SELECT if exact else STREAM_BERNOULLI, rng)
+        seg_first = torch.full((S,), T, dtype=torch.int64, device=cu.device).scatter_reduce_(
+            0, seg, torch.arange(T, device=cu.device, dtype=torch.int64), "amin")
+        masked, q, rates = weighted_masks(
+            priority.to(torch.float32), mk, seg, S, sig, exact, r, seg_first,
+            lambda g, k0, k1: _select_smallest(mk, seg, g, r, k0, k1, S))
+    else:
+        masked, q, rates = _two_level_masks(cu, seq, pos, mk, seg, priority, sig, weight, exact, seq_keys, rng, S)
+    if loss_weight_mode == LOSS_WEIGHT_MODES["sigma"]:
+        q = sig.to(torch.float64)[seg]
+    return _outputs(input_ids, masked, mk, q, complementary, loss_weight_mode, mask_token_id) + (rates,)
 
+
+def _maskable_and_segments(cu, seq, pos, maskable, prompt_lens, block_size: int):
+    """Per token: maskable (bool [T]) and segment index (int64 [T], sequence-major blocks)."""
     if maskable is not None:
         mk = maskable.to(torch.bool)
     elif prompt_lens is not None:
         mk = pos >= prompt_lens.to(torch.int64)[seq]
     else:
-        mk = torch.ones(T, dtype=torch.bool, device=dev)
-    weighted = priority is not None and priority.is_floating_point()
-    pr = priority.to(torch.bool) & mk if priority is not None and not weighted else torch.zeros_like(mk)
+        mk = torch.ones(pos.numel(), dtype=torch.bool, device=pos.device)
+    if block_size <= 0:
+        return mk, seq
+    lens = cu[1:] - cu[:-1]
+    nblk = (lens - 1) // block_size + 1  # ceil(len / K), 0 for an empty sequence, without overflow
+    bstart = torch.zeros(cu.numel(), dtype=torch.int64, device=cu.device)
+    torch.cumsum(nblk, 0, out=bstart[1:])
+    return mk, bstart[seq] + pos // block_size
 
-    if block_size > 0:
-        lens = cu[1:] - cu[:-1]
-        nblk = (lens - 1) // block_size + 1  # ceil(len / K), 0 for an empty sequence, without overflow
-        bstart = torch.zeros(B + 1, dtype=torch.int64, device=dev)
-        torch.cumsum(nblk, 0, out=bstart[1:])
-        seg = bstart[seq] + pos // block_size
-    else:
-        seg = seq
 
-    sig = sigma.to(torch.float32).expand(S) if sigma.numel() == 1 else sigma.to(torch.float32)
-    n = torch.zeros(S, dtype=torch.int64, device=dev).index_add_(0, seg, mk.to(torch.int64))
-    n1 = torch.zeros(S, dtype=torch.int64, device=dev).index_add_(0, seg, pr.to(torch.int64))
-    rates = None if weighted else _solve(n, n1, sig, float(weight))
-
-    if sample_ids is not None:
-        seq_keys = sample_ids.to(torch.int64)
-    else:
-        seq_keys = rng[1].to(torch.int64) + torch.arange(B, device=dev, dtype=torch.int64)
+def _two_level_masks(cu, seq, pos, mk, seg, priority, sig, weight: float, exact: bool, seq_keys, rng, S: int):
+    """View 0's mask (bool [T]), each token's rate (float64 [T]) and the rates [S, 2] of a
+    boolean priority (docs/design.md §3, §5)."""
+    pr = priority.to(torch.bool) & mk if priority is not None else torch.zeros_like(mk)
+    n = torch.zeros(S, dtype=torch.int64, device=mk.device).index_add_(0, seg, mk.to(torch.int64))
+    n1 = torch.zeros(S, dtype=torch.int64, device=mk.device).index_add_(0, seg, pr.to(torch.int64))
+    rates = _solve(n, n1, sig, float(weight))
     grp = pr.to(torch.int64)  # 0: other, 1: priority
-    if weighted:  # float importance weights: dllm_masks.importance (docs/importance.md)
-        r = _draws(cu, seq, pos, seq_keys, STREAM_SELECT if exact else STREAM_BERNOULLI, rng)
-        seg_first = torch.full((S,), T, dtype=torch.int64, device=dev).scatter_reduce_(
-            0, seg, torch.arange(T, device=dev, dtype=torch.int64), "amin")
-        masked, q_tok, rates = weighted_masks(
-            priority.to(torch.float32), mk, seg, S, sig, exact, r, seg_first,
-            lambda g, k0, k1: _select_smallest(mk, seg, g, r, k0, k1, S))
-    elif exact:
+    if exact:
         k0, k1 = exact_counts(n, n1, sig, rates)
         r = _draws(cu, seq, pos, seq_keys, STREAM_SELECT, rng)
         masked = _select_smallest(mk, seg, grp, r, k0, k1, S)
@@ -159,22 +166,20 @@ def priority_mask_ref(
         thr = bernoulli_thresholds(rates)  # [S, 2]
         r = _draws(cu, seq, pos, seq_keys, STREAM_BERNOULLI, rng)
         masked = mk & (r < thr[seg, grp])
+    return masked, rates[seg, grp], rates
 
+
+def _outputs(input_ids, masked, mk, q, complementary: bool, loss_weight_mode: int, mask_token_id: int):
+    """(noisy_ids, masked, labels, loss_weight) over the views, from view 0's mask and the
+    per-token rate q (float64 [T]) that the loss weights invert."""
     views = [masked, mk & ~masked] if complementary else [masked]
     masked_all = torch.cat(views)
     ids_all = input_ids.repeat(len(views))
     noisy = torch.where(masked_all, torch.full_like(ids_all, mask_token_id), ids_all)
     labels = torch.where(masked_all, ids_all.to(torch.int64), torch.full_like(ids_all, IGNORE_INDEX, dtype=torch.int64))
-
-    if loss_weight_mode == 0:
-        lw = torch.empty(0, dtype=torch.float32, device=dev)
-    else:
-        if loss_weight_mode == 1:
-            q = sig.to(torch.float64)[seg]
-        else:
-            q = q_tok if weighted else rates[seg, grp]
-        parts = [torch.where(views[0], 1.0 / q, 0.0)]
-        if complementary:
-            parts.append(torch.where(views[1], 1.0 / (1.0 - q), 0.0))
-        lw = torch.cat(parts).to(torch.float32)
-    return noisy, masked_all, labels, lw, rates
+    if loss_weight_mode == LOSS_WEIGHT_MODES[None]:
+        return noisy, masked_all, labels, torch.empty(0, dtype=torch.float32, device=input_ids.device)
+    parts = [torch.where(views[0], 1.0 / q, 0.0)]
+    if complementary:
+        parts.append(torch.where(views[1], 1.0 / (1.0 - q), 0.0))
+    return noisy, masked_all, labels, torch.cat(parts).to(torch.float32)
