@@ -117,6 +117,9 @@ def _first_stop(stop: torch.Tensor, gseg: torch.Tensor, rank: torch.Tensor, S: i
     return stop & (rank == first[gseg])
 
 
+# Long on purpose: it is docs/importance.md §3 operation by operation (the exponent fold, then
+# each level of the radix search with its fixed test); split up, the order the backends must
+# share would be spread over several functions.
 def _water_fill(seg: torch.Tensor, w: torch.Tensor, sel: torch.Tensor, S: int, K: torch.Tensor):
     """Clip boundary U (int64 pattern), clipped count A and q0 per segment (docs/importance.md §3)
     for the maskable tokens ``sel``; segments with K ≥ P are left to the caller."""

@@ -180,34 +180,15 @@ class Masker:
             raise ValueError(f"{given[1]}: give at most one of labels, prompt_lens and maskable (got {', '.join(given)})")
         m = self._maskable(input_ids, cu, padded, attention_mask, labels, prompt_lens, maskable)
 
-        step, world, rank = self.step, self.world_size, self.rank
-        if sample_ids is not None:
-            V.check_tensor("sample_ids", sample_ids, dtypes=V.INT_DTYPES, device=dev)
-            if sample_ids.numel() != B:
-                raise ValueError(f"sample_ids: expected {B} ids (one per sequence), got {sample_ids.numel()}")
-            keys, seq_offset = sample_ids.reshape(-1).to(torch.int64), 0
-        else:
-            if B > KEY_STRIDE:
-                raise ValueError(f"input_ids: at most {KEY_STRIDE} sequences per call, got {B}")
-            seq_offset = (step * world + rank) * KEY_STRIDE
-            keys = seq_offset + torch.arange(B, device=dev, dtype=torch.int64)
-        lens = cu[1:] - cu[:-1]
+        keys, seq_offset, counts, t, sigma = self._draw(cu, B, sample_ids, dev)
         K = self.block_size
-        counts = torch.ones_like(lens) if K is None else (lens + K - 1) // K
-        u = keyed_uniform(keys, counts, seed=self.seed)
-        if self.schedule is not None:
-            t = self.schedule.time_from_uniform(u)
-            sigma = self.schedule.sigma(t).clamp(0.0, 1.0).to(torch.float32)
-        else:
-            t = None
-            sigma = (self.low + (self.high - self.low) * u).clamp(self.low, self.high).to(torch.float32)
         out = priority_mask(input_ids, sigma, mask_token_id=self.mask_token_id,
                             cu_seqlens=None if padded else cu.to(torch.int32), maskable=m, priority=priority,
                             weight=self.weight, sampling=self.sampling, complementary=self.complementary,
                             block_size=K, seed=self.seed, seq_offset=seq_offset,
                             sample_ids=keys if sample_ids is not None else None, loss_weight=self.loss_weight,
                             backend=self.backend)
-        self.step = step + 1
+        self.step += 1
         lw = out.loss_weight
         if lw is not None and t is not None:
             # dσ/dt = −α′(t) per segment, broadcast to tokens of every view.
@@ -216,6 +197,29 @@ class Masker:
             lw = lw * factor[seg].repeat((self.views,) + (1,) * (seg.dim() - 1)).reshape(lw.shape)
         mv = m.repeat((self.views,) + (1,) * (m.dim() - 1))
         return out._replace(loss_weight=lw, maskable=mv)
+
+    def _draw(self, cu: torch.Tensor, B: int, sample_ids: Optional[torch.Tensor], dev):
+        """This call's sequence keys, ``seq_offset``, segments per sequence, times t (None
+        without a schedule) and σ per segment (float32 [S])."""
+        if sample_ids is not None:
+            V.check_tensor("sample_ids", sample_ids, dtypes=V.INT_DTYPES, device=dev)
+            if sample_ids.numel() != B:
+                raise ValueError(f"sample_ids: expected {B} ids (one per sequence), got {sample_ids.numel()}")
+            keys, seq_offset = sample_ids.reshape(-1).to(torch.int64), 0
+        else:
+            if B > KEY_STRIDE:
+                raise ValueError(f"input_ids: at most {KEY_STRIDE} sequences per call, got {B}")
+            seq_offset = (self.step * self.world_size + self.rank) * KEY_STRIDE
+            keys = seq_offset + torch.arange(B, device=dev, dtype=torch.int64)
+        lens = cu[1:] - cu[:-1]
+        K = self.block_size
+        counts = torch.ones_like(lens) if K is None else (lens + K - 1) // K
+        u = keyed_uniform(keys, counts, seed=self.seed)
+        if self.schedule is not None:
+            t = self.schedule.time_from_uniform(u)
+            return keys, seq_offset, counts, t, self.schedule.sigma(t).clamp(0.0, 1.0).to(torch.float32)
+        sigma = (self.low + (self.high - self.low) * u).clamp(self.low, self.high).to(torch.float32)
+        return keys, seq_offset, counts, None, sigma
 
     def _maskable(self, input_ids, cu, padded, attention_mask, labels, prompt_lens, maskable) -> torch.Tensor:
         dev, shape = input_ids.device, input_ids.shape
