@@ -43,7 +43,7 @@ from typing import Optional, Sequence
 import torch
 import torch.nn.functional as F
 
-from . import validation as V
+from . import validation
 
 __all__ = [
     "BlockDiffLayout",
@@ -88,9 +88,9 @@ class BlockDiffLayout:
     block_size: int
 
     def __post_init__(self):
-        self.block_size = V.check_int("block_size", self.block_size, low=1)
+        self.block_size = validation.check_int("block_size", self.block_size, low=1)
         for name in ("doc", "copy", "position"):
-            V.check_tensor(name, getattr(self, name), dtypes=(torch.int64,), ndim=1)
+            validation.check_tensor(name, getattr(self, name), dtypes=(torch.int64,), ndim=1)
         n = self.doc.numel()
         if self.copy.numel() != n or self.position.numel() != n:
             raise ValueError(f"copy/position: expected {n} entries like doc, got "
@@ -131,10 +131,10 @@ def training_layout(cu_seqlens: torch.Tensor, block_size: int, *, views: int = 1
     -------
     BlockDiffLayout of N = (views + 1)·T tokens ordered ``[view 0 | ... | view V-1 | clean]``.
     """
-    V.check_tensor("cu_seqlens", cu_seqlens, dtypes=V.INT_DTYPES, ndim=1)
-    views = V.check_int("views", views, low=1)
-    block_size = V.check_int("block_size", block_size, low=1)
-    V.check_cu_seqlens(cu_seqlens.to(torch.int64), int(cu_seqlens[-1]) if cu_seqlens.numel() else 0)
+    validation.check_tensor("cu_seqlens", cu_seqlens, dtypes=validation.INT_DTYPES, ndim=1)
+    views = validation.check_int("views", views, low=1)
+    block_size = validation.check_int("block_size", block_size, low=1)
+    validation.check_cu_seqlens(cu_seqlens.to(torch.int64), int(cu_seqlens[-1]) if cu_seqlens.numel() else 0)
     cu = cu_seqlens.to(torch.int64)
     dev = cu.device
     lens = cu[1:] - cu[:-1]
@@ -172,7 +172,7 @@ def decode_layout(prefix_lens: Sequence[int], block_ends: Sequence[int], block_s
         raise ValueError(f"block_ends: expected {len(prefix_lens)} entries like prefix_lens, got {len(block_ends)}")
     doc, copy, pos = [], [], []
     for d, (p, e) in enumerate(zip(prefix_lens, block_ends)):
-        p, e = V.check_int("prefix_lens", p, low=0), V.check_int("block_ends", e, low=0)
+        p, e = validation.check_int("prefix_lens", p, low=0), validation.check_int("block_ends", e, low=0)
         if e < p:
             raise ValueError(f"block_ends: block_ends[{d}]={e} is before prefix_lens[{d}]={p}")
         doc.append(torch.full((e - p,), d, dtype=torch.int64))
@@ -263,13 +263,13 @@ def _row_descriptors(seq_len: int, block_size: int, views: int, device):
 
 
 def _check_rows(batch_size, seq_len, block_size, views, key_padding_mask):
-    B = V.check_int("batch_size", batch_size, low=0)
-    L = V.check_int("seq_len", seq_len, low=0)
-    K = V.check_int("block_size", block_size, low=1)
-    nv = V.check_int("views", views, low=1)
+    B = validation.check_int("batch_size", batch_size, low=0)
+    L = validation.check_int("seq_len", seq_len, low=0)
+    K = validation.check_int("block_size", block_size, low=1)
+    nv = validation.check_int("views", views, low=1)
     if key_padding_mask is not None:
-        V.check_tensor("key_padding_mask", key_padding_mask, dtypes=(torch.bool,) + V.INT_DTYPES, ndim=2)
-        V.check_shape("key_padding_mask", key_padding_mask, (B, L))
+        validation.check_tensor("key_padding_mask", key_padding_mask, dtypes=(torch.bool,) + validation.INT_DTYPES, ndim=2)
+        validation.check_shape("key_padding_mask", key_padding_mask, (B, L))
     return B, L, K, nv
 
 
@@ -327,9 +327,9 @@ def attention_mask_4d(batch_size: int, seq_len: int, block_size: int, *, views: 
 def position_ids_4d(batch_size: int, seq_len: int, *, views: int = 1, device=None) -> torch.Tensor:
     """Position ids of the rows of :func:`attention_mask_4d`: every copy repeats 0..L−1
     (right padding), int64 [B, (V+1)·L]."""
-    B = V.check_int("batch_size", batch_size, low=0)
-    L = V.check_int("seq_len", seq_len, low=0)
-    nv = V.check_int("views", views, low=1)
+    B = validation.check_int("batch_size", batch_size, low=0)
+    L = validation.check_int("seq_len", seq_len, low=0)
+    nv = validation.check_int("views", views, low=1)
     return torch.arange(L, device=device, dtype=torch.int64).repeat(nv + 1)[None].expand(B, -1).contiguous()
 
 
@@ -403,7 +403,7 @@ class BlockDiffAttention:
     """
 
     def __init__(self, layout: BlockDiffLayout, mode: str = "auto"):
-        V.check_choice("attention", mode, ATTENTION_MODES)
+        validation.check_choice("attention", mode, ATTENTION_MODES)
         dev = layout.doc.device
         if mode == "auto":
             mode = "flex" if dev.type == "cuda" and flex_available() else "sdpa_blocks"

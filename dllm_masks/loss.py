@@ -34,7 +34,7 @@ from typing import Optional, Union
 import torch
 import torch.nn.functional as F
 
-from . import validation as V
+from . import validation
 from .ops import MaskedBatch
 
 __all__ = ["NORMS", "diffusion_loss", "loss_normalizer", "align_logits", "sequence_of_token", "weighted_ce_sum"]
@@ -101,7 +101,7 @@ def loss_normalizer(batch: MaskedBatch, norm: str) -> float:
     -------
     float (reads the batch on the host).
     """
-    V.check_choice("norm", norm, tuple(NORMS))
+    validation.check_choice("norm", norm, tuple(NORMS))
     if norm == "masked":
         return float((batch.labels != -100).sum())
     if norm == "maskable":
@@ -128,7 +128,7 @@ def align_logits(logits: torch.Tensor, batch: MaskedBatch) -> torch.Tensor:
     :func:`dllm_masks.blockdiff.attention_mask_4d`) or packed ``[(V+1)·T, vocab]`` (the reference
     loop's layout); the x_0 part is dropped and padded views are put view-major.
     """
-    V.check_tensor("logits", logits, dtypes=(torch.float16, torch.bfloat16, torch.float32, torch.float64))
+    validation.check_tensor("logits", logits, dtypes=(torch.float16, torch.bfloat16, torch.float32, torch.float64))
     lab = batch.labels
     if tuple(logits.shape[:-1]) == tuple(lab.shape):
         return logits
@@ -179,7 +179,7 @@ def diffusion_loss(
     -------
     torch.Tensor, float32, scalar, differentiable w.r.t. ``logits``.
     """
-    V.check_choice("norm", norm, tuple(NORMS))
+    validation.check_choice("norm", norm, tuple(NORMS))
     if not isinstance(shift, bool):
         raise TypeError(f"shift: expected a bool, got {type(shift).__name__}")
     lg = align_logits(logits, batch)

@@ -22,7 +22,7 @@ from typing import Optional, Tuple, Union
 
 import torch
 
-from . import validation as V
+from . import validation
 from .ops import MaskedBatch, priority_mask
 from .schedules import Schedule, keyed_uniform
 
@@ -70,12 +70,12 @@ class Masker:
                  block_size: Optional[int] = None, sigma: Union[None, Tuple[float, float], Schedule] = None,
                  sampling: str = "bernoulli", loss_weight: Union[None, str, Schedule] = "sigma", seed: int = 0,
                  rank: Optional[int] = None, world_size: Optional[int] = None, backend: Optional[str] = None):
-        self.mask_token_id = V.check_int("mask_token_id", mask_token_id)
-        self.weight = V.check_weight(weight)
+        self.mask_token_id = validation.check_int("mask_token_id", mask_token_id)
+        self.weight = validation.check_weight(weight)
         if not isinstance(complementary, bool):
             raise TypeError(f"complementary: expected a bool, got {type(complementary).__name__}")
         self.complementary = complementary
-        self.block_size = None if block_size is None else V.check_int("block_size", block_size, low=1)
+        self.block_size = None if block_size is None else validation.check_int("block_size", block_size, low=1)
         if sigma is None:
             sigma = Schedule("linear", eps=1e-3)
         if isinstance(sigma, Schedule):
@@ -87,17 +87,17 @@ class Masker:
             if not 0.0 <= low <= high <= 1.0:
                 raise ValueError(f"sigma: expected 0 <= low <= high <= 1, got {sigma}")
             self.schedule, self.low, self.high = None, low, high
-        V.check_choice("sampling", sampling, ("bernoulli", "exact"))
+        validation.check_choice("sampling", sampling, ("bernoulli", "exact"))
         self.sampling = sampling
         if isinstance(loss_weight, Schedule):
             if self.schedule is None or loss_weight != self.schedule:
                 raise ValueError("loss_weight: a Schedule must be the one σ is drawn from (pass it as sigma= too)")
             loss_weight = "sigma"
-        V.check_choice("loss_weight", loss_weight, (None, "sigma", "token"))
+        validation.check_choice("loss_weight", loss_weight, (None, "sigma", "token"))
         self.loss_weight = loss_weight
-        self.seed = V.check_int("seed", seed)
-        self._rank = None if rank is None else V.check_int("rank", rank, low=0)
-        self._world = None if world_size is None else V.check_int("world_size", world_size, low=1)
+        self.seed = validation.check_int("seed", seed)
+        self._rank = None if rank is None else validation.check_int("rank", rank, low=0)
+        self._world = None if world_size is None else validation.check_int("world_size", world_size, low=1)
         if self._rank is not None and self._world is not None and self._rank >= self._world:
             raise ValueError(f"rank: must be < world_size={self._world}, got {self._rank}")
         self.backend = backend
@@ -125,7 +125,7 @@ class Masker:
         """Continue from :meth:`state_dict` (the seed must match this masker's)."""
         if int(state.get("seed", self.seed)) != self.seed:
             raise ValueError(f"state: saved with seed {state['seed']}, this masker has seed {self.seed}")
-        self.step = V.check_int("state['step']", int(state["step"]), low=0)
+        self.step = validation.check_int("state['step']", int(state["step"]), low=0)
 
     def __repr__(self) -> str:
         src = repr(self.schedule) if self.schedule is not None else f"({self.low}, {self.high})"
@@ -162,7 +162,7 @@ class Masker:
         -------
         MaskedBatch with ``maskable`` filled; padded [V·B, L] (view-major) or packed [V·T].
         """
-        V.check_tensor("input_ids", input_ids, dtypes=V.ID_DTYPES, ndim=(1, 2))
+        validation.check_tensor("input_ids", input_ids, dtypes=validation.ID_DTYPES, ndim=(1, 2))
         dev = input_ids.device
         padded = input_ids.dim() == 2
         if padded:
@@ -172,7 +172,7 @@ class Masker:
             if cu_seqlens is None:
                 cu = torch.tensor([0, input_ids.numel()], device=dev, dtype=torch.int64)
             else:
-                V.check_tensor("cu_seqlens", cu_seqlens, dtypes=V.INT_DTYPES, ndim=1, device=dev)
+                validation.check_tensor("cu_seqlens", cu_seqlens, dtypes=validation.INT_DTYPES, ndim=1, device=dev)
                 cu = cu_seqlens.to(torch.int64)
             B = cu.numel() - 1
         given = [n for n, x in (("labels", labels), ("prompt_lens", prompt_lens), ("maskable", maskable)) if x is not None]
@@ -202,7 +202,7 @@ class Masker:
         """This call's sequence keys, ``seq_offset``, segments per sequence, times t (None
         without a schedule) and σ per segment (float32 [S])."""
         if sample_ids is not None:
-            V.check_tensor("sample_ids", sample_ids, dtypes=V.INT_DTYPES, device=dev)
+            validation.check_tensor("sample_ids", sample_ids, dtypes=validation.INT_DTYPES, device=dev)
             if sample_ids.numel() != B:
                 raise ValueError(f"sample_ids: expected {B} ids (one per sequence), got {sample_ids.numel()}")
             keys, seq_offset = sample_ids.reshape(-1).to(torch.int64), 0
@@ -224,15 +224,15 @@ class Masker:
     def _maskable(self, input_ids, cu, padded, attention_mask, labels, prompt_lens, maskable) -> torch.Tensor:
         dev, shape = input_ids.device, input_ids.shape
         if labels is not None:
-            V.check_tensor("labels", labels, dtypes=V.INT_DTYPES, device=dev)
-            V.check_shape("labels", labels, tuple(shape))
+            validation.check_tensor("labels", labels, dtypes=validation.INT_DTYPES, device=dev)
+            validation.check_shape("labels", labels, tuple(shape))
             m = labels != -100
         elif maskable is not None:
-            V.check_tensor("maskable", maskable, dtypes=(torch.bool,) + V.INT_DTYPES, device=dev)
-            V.check_shape("maskable", maskable, tuple(shape))
+            validation.check_tensor("maskable", maskable, dtypes=(torch.bool,) + validation.INT_DTYPES, device=dev)
+            validation.check_shape("maskable", maskable, tuple(shape))
             m = maskable != 0
         elif prompt_lens is not None:
-            V.check_tensor("prompt_lens", prompt_lens, dtypes=V.INT_DTYPES, device=dev)
+            validation.check_tensor("prompt_lens", prompt_lens, dtypes=validation.INT_DTYPES, device=dev)
             pl = prompt_lens.reshape(-1).to(torch.int64)
             if pl.numel() != cu.numel() - 1:
                 raise ValueError(f"prompt_lens: expected {cu.numel() - 1} values (one per sequence), got {pl.numel()}")
@@ -246,8 +246,8 @@ class Masker:
         else:
             m = torch.ones(shape, dtype=torch.bool, device=dev)
         if attention_mask is not None:
-            V.check_tensor("attention_mask", attention_mask, dtypes=(torch.bool,) + V.INT_DTYPES, device=dev)
-            V.check_shape("attention_mask", attention_mask, tuple(shape))
+            validation.check_tensor("attention_mask", attention_mask, dtypes=(torch.bool,) + validation.INT_DTYPES, device=dev)
+            validation.check_shape("attention_mask", attention_mask, tuple(shape))
             m = m & (attention_mask != 0)
         return m
 

@@ -21,7 +21,7 @@ from typing import NamedTuple, Optional, Union
 
 import torch
 
-from . import validation as V
+from . import validation
 from .reference import LOSS_WEIGHT_MODES, priority_mask_ref
 
 __all__ = ["priority_mask", "MaskedBatch", "empty_masked_batch", "num_segments", "available_backends", "normalize",
@@ -161,7 +161,7 @@ def kernel_for(backend: Optional[str], device: torch.device, out: bool = False, 
         served = {"cpu": "cpp" if _cpp is not None else "ref",
                   "cuda": "triton" if _triton is not None else "ref"}.get(device.type, "ref")
     else:
-        V.check_choice(name, backend, BACKENDS)
+        validation.check_choice(name, backend, BACKENDS)
         served = backend
         if backend == "ref":
             fn = priority_mask_ref_out if out else priority_mask_ref
@@ -240,13 +240,13 @@ def num_segments(cu_seqlens, block_size: Optional[int] = None) -> int:
     """
     if not isinstance(cu_seqlens, torch.Tensor):
         cu_seqlens = torch.as_tensor(list(cu_seqlens), dtype=torch.int64)
-    V.check_tensor("cu_seqlens", cu_seqlens, dtypes=V.INT_DTYPES, ndim=1)
+    validation.check_tensor("cu_seqlens", cu_seqlens, dtypes=validation.INT_DTYPES, ndim=1)
     if cu_seqlens.numel() < 1:
         raise ValueError("cu_seqlens: must have at least one element (B+1 offsets)")
     B = cu_seqlens.numel() - 1
     if block_size is None:
         return B
-    K = min(V.check_int("block_size", block_size, low=1), _MAX_BLOCK)
+    K = min(validation.check_int("block_size", block_size, low=1), _MAX_BLOCK)
     lens = cu_seqlens[1:].to(torch.int64) - cu_seqlens[:-1].to(torch.int64)
     if bool((lens < 0).any()):
         b = int(torch.nonzero(lens < 0)[0])
@@ -265,17 +265,17 @@ _count_segments = num_segments  # for functions with a parameter of that name
 
 def _as_i64(name: str, x) -> Union[int, torch.Tensor]:
     if isinstance(x, torch.Tensor):
-        V.check_tensor(name, x, dtypes=V.INT_DTYPES)
+        validation.check_tensor(name, x, dtypes=validation.INT_DTYPES)
         if x.numel() != 1:
             raise ValueError(f"{name}: expected a single integer, got shape {tuple(x.shape)}")
         return x.reshape(()).to(torch.int64)
-    x = V.check_int(name, x, low=-(1 << 63), high=(1 << 64) - 1)  # an int64 or a uint64
+    x = validation.check_int(name, x, low=-(1 << 63), high=(1 << 64) - 1)  # an int64 or a uint64
     return (x + (1 << 63)) % (1 << 64) - (1 << 63)  # uint64 bits as an int64
 
 
 def _flat(name: str, x, shape, device, dtypes) -> torch.Tensor:
-    V.check_tensor(name, x, dtypes=dtypes, device=device)
-    V.check_shape(name, x, shape)
+    validation.check_tensor(name, x, dtypes=dtypes, device=device)
+    validation.check_shape(name, x, shape)
     return x.reshape(-1)
 
 
@@ -322,7 +322,7 @@ def _layout(input_ids: torch.Tensor, cu_seqlens):
     T = input_ids.numel()
     if cu_seqlens is None:
         return False, 1, T, torch.tensor([0, T], device=dev, dtype=torch.int32)
-    V.check_tensor("cu_seqlens", cu_seqlens, dtypes=(torch.int32, torch.int64), ndim=1, device=dev)
+    validation.check_tensor("cu_seqlens", cu_seqlens, dtypes=(torch.int32, torch.int64), ndim=1, device=dev)
     if cu_seqlens.numel() < 1:
         raise ValueError("cu_seqlens: must have at least one element (B+1 offsets)")
     if cu_seqlens.dtype == torch.int64 and T >= 2**31:
@@ -345,7 +345,7 @@ def _rng_pair(seed, seq_offset, dev) -> torch.Tensor:
 def _sigma_tensor(sigma, dev) -> torch.Tensor:
     """float32 [1] or [S] σ on the input's device (range checked here for a Python float)."""
     if isinstance(sigma, torch.Tensor):
-        V.check_tensor("sigma", sigma, dtypes=(torch.float16, torch.bfloat16, torch.float32, torch.float64),
+        validation.check_tensor("sigma", sigma, dtypes=(torch.float16, torch.bfloat16, torch.float32, torch.float64),
                        ndim=(0, 1), device=dev)
         return sigma.detach().reshape(-1).to(torch.float32)
     if isinstance(sigma, bool) or not isinstance(sigma, (int, float)):
@@ -395,7 +395,7 @@ def normalize(
     ``TypeError``/``ValueError`` naming the argument. Reads tensor data on the host only with
     ``validate=True`` (and for a single σ in per-block mode, to count segments).
     """
-    V.check_tensor("input_ids", input_ids, dtypes=V.ID_DTYPES, ndim=(1, 2))
+    validation.check_tensor("input_ids", input_ids, dtypes=validation.ID_DTYPES, ndim=(1, 2))
     dev = input_ids.device
     padded, B, L, cu = _layout(input_ids, cu_seqlens)
     T = input_ids.numel()
@@ -404,9 +404,9 @@ def normalize(
     if maskable is not None and prompt_lens is not None:
         raise ValueError("maskable: give either maskable or prompt_lens, not both")
     if maskable is not None:
-        maskable = _flat("maskable", maskable, tok_shape, dev, (torch.bool,) + V.INT_DTYPES).to(torch.bool)
+        maskable = _flat("maskable", maskable, tok_shape, dev, (torch.bool,) + validation.INT_DTYPES).to(torch.bool)
     if priority is not None:
-        priority = _flat("priority", priority, tok_shape, dev, (torch.bool, torch.float32) + V.INT_DTYPES)
+        priority = _flat("priority", priority, tok_shape, dev, (torch.bool, torch.float32) + validation.INT_DTYPES)
         if priority.dtype == torch.float32:  # importance weights (docs/importance.md)
             if validate and not bool((torch.isfinite(priority) & (priority >= 0)).all()):
                 raise ValueError("priority: float weights must be finite and >= 0")
@@ -415,30 +415,30 @@ def normalize(
         elif priority.dtype != torch.uint8:
             priority = priority != 0
     if prompt_lens is not None:
-        prompt_lens = _flat("prompt_lens", prompt_lens, (B,), dev, V.INT_DTYPES).to(torch.int64)
+        prompt_lens = _flat("prompt_lens", prompt_lens, (B,), dev, validation.INT_DTYPES).to(torch.int64)
     if sample_ids is not None:
-        sample_ids = _flat("sample_ids", sample_ids, (B,), dev, V.INT_DTYPES).to(torch.int64)
+        sample_ids = _flat("sample_ids", sample_ids, (B,), dev, validation.INT_DTYPES).to(torch.int64)
 
-    w = V.check_weight(weight)
-    V.check_choice("sampling", sampling, ("bernoulli", "exact"))
-    V.check_choice("loss_weight", loss_weight, tuple(LOSS_WEIGHT_MODES))
-    complementary, validate = V.check_bool("complementary", complementary), V.check_bool("validate", validate)
-    K = 0 if block_size is None else min(V.check_int("block_size", block_size, low=1), _MAX_BLOCK)
+    w = validation.check_weight(weight)
+    validation.check_choice("sampling", sampling, ("bernoulli", "exact"))
+    validation.check_choice("loss_weight", loss_weight, tuple(LOSS_WEIGHT_MODES))
+    complementary, validate = validation.check_bool("complementary", complementary), validation.check_bool("validate", validate)
+    K = 0 if block_size is None else min(validation.check_int("block_size", block_size, low=1), _MAX_BLOCK)
     info = torch.iinfo(input_ids.dtype)
-    mask_token_id = V.check_int("mask_token_id", mask_token_id, low=info.min, high=info.max)
+    mask_token_id = validation.check_int("mask_token_id", mask_token_id, low=info.min, high=info.max)
     rng = _rng_pair(seed, seq_offset, dev)
     sig = _sigma_tensor(sigma, dev)
 
-    readable = V.host_readable(input_ids)
+    readable = validation.host_readable(input_ids)
     if validate and readable and cu_seqlens is not None:
-        V.check_cu_seqlens(cu_seqlens, T)  # in its own dtype: int64 offsets before their cast
+        validation.check_cu_seqlens(cu_seqlens, T)  # in its own dtype: int64 offsets before their cast
     S = _segment_count(B, K, cu, sig, validate and readable)
     if sig.numel() not in (1, S):
         raise ValueError(f"sigma: expected 1 or {S} values (one per segment), got {sig.numel()}")
     if validate and readable:
-        V.check_sigma_values(sig)
+        validation.check_sigma_values(sig)
         if prompt_lens is not None:
-            V.check_prompt_lens(prompt_lens, cu)
+            validation.check_prompt_lens(prompt_lens, cu)
 
     args = OpArgs(input_ids.reshape(-1), cu, sig, priority, maskable, prompt_lens, sample_ids, rng, w, K, S,
                   sampling == "exact", complementary, LOSS_WEIGHT_MODES[loss_weight], mask_token_id)
@@ -569,15 +569,15 @@ def empty_masked_batch(
         ``cu_seqlens`` int32 [V·B + 1] and ``sigma`` float32 [S] (never written by ``out=``: the
         result of a call carries the call's own).
     """
-    V.check_tensor("input_ids", input_ids, dtypes=V.ID_DTYPES, ndim=(1, 2))
+    validation.check_tensor("input_ids", input_ids, dtypes=validation.ID_DTYPES, ndim=(1, 2))
     dev = input_ids.device
     if not isinstance(complementary, bool):
         raise TypeError(f"complementary: expected a bool, got {type(complementary).__name__}")
-    V.check_choice("loss_weight", loss_weight, tuple(LOSS_WEIGHT_MODES))
+    validation.check_choice("loss_weight", loss_weight, tuple(LOSS_WEIGHT_MODES))
     padded, B, L, cu = _layout(input_ids, cu_seqlens)
-    K = None if block_size is None else V.check_int("block_size", block_size, low=1)
+    K = None if block_size is None else validation.check_int("block_size", block_size, low=1)
     if num_segments is not None:
-        S = V.check_int("num_segments", num_segments, low=0)
+        S = validation.check_int("num_segments", num_segments, low=0)
     else:
         S = B if K is None else _count_segments(cu, K)
     nv = 2 if complementary else 1

@@ -40,17 +40,17 @@ def solve_rates(n, n1, sigma, weight: float) -> torch.Tensor:
     >>> solve_rates(100, 25, 0.5, 2.0)   # q0 = 50 / 125, q1 = 2 q0
     tensor([[0.4000, 0.8000]], dtype=torch.float64)
     """
-    from . import validation as V
+    from . import validation
 
-    w = V.check_weight(weight)
+    w = validation.check_weight(weight)
     n = torch.as_tensor(n).reshape(-1)
     n1 = torch.as_tensor(n1, device=n.device).reshape(-1)
     sigma = torch.as_tensor(sigma, dtype=torch.float32, device=n.device).reshape(-1)
     for name, x in (("n", n), ("n1", n1)):
-        V.check_tensor(name, x, dtypes=V.INT_DTYPES)
+        validation.check_tensor(name, x, dtypes=validation.INT_DTYPES)
         if bool((x < 0).any()):
             raise ValueError(f"{name}: counts must be >= 0")
-    V.check_sigma_values(sigma)
+    validation.check_sigma_values(sigma)
     try:
         n, n1, sigma = torch.broadcast_tensors(n, n1, sigma)
     except RuntimeError as e:

@@ -9,7 +9,7 @@ from typing import Optional
 
 import torch
 
-from . import validation as V
+from . import validation
 from .rng import STREAM_SIGMA, philox4x32, split_seed
 
 __all__ = ["sample_sigma", "keyed_sigma", "keyed_uniform", "STREAM_SIGMA", "Schedule", "SCHEDULE_KINDS", "schedule",
@@ -45,7 +45,7 @@ def sample_sigma(
     -------
     torch.Tensor, float32, [S]
     """
-    S = V.check_int("num_segments", num_segments, low=0)
+    S = validation.check_int("num_segments", num_segments, low=0)
     for name, x in (("low", low), ("high", high)):
         if isinstance(x, bool) or not isinstance(x, (int, float)):
             raise TypeError(f"{name}: expected a float, got {type(x).__name__}")
@@ -131,7 +131,7 @@ class Schedule:
     """
 
     def __init__(self, kind: str = "linear", *, eps: float = 1e-3, power: float = 1.0):
-        V.check_choice("kind", kind, SCHEDULE_KINDS)
+        validation.check_choice("kind", kind, SCHEDULE_KINDS)
         for name, x in (("eps", eps), ("power", power)):
             if isinstance(x, bool) or not isinstance(x, (int, float)):
                 raise TypeError(f"{name}: expected a float, got {type(x).__name__}")
@@ -201,7 +201,7 @@ class Schedule:
         -------
         (t : torch.Tensor float64 [n], sigma : torch.Tensor float32 [n])
         """
-        n = V.check_int("n", n, low=0)
+        n = validation.check_int("n", n, low=0)
         u = torch.rand(n, generator=generator, dtype=torch.float64,
                        device=generator.device if generator is not None else device)
         t = self.time_from_uniform(u)

@@ -12,7 +12,7 @@ from typing import Dict, List, NamedTuple, Optional
 
 import torch
 
-from . import validation as V
+from . import validation
 
 __all__ = ["mask_stats", "MaskStats", "format_stats"]
 
@@ -94,7 +94,7 @@ def mask_stats(batch, *, block_size: Optional[int] = None, priority: Optional[to
     -------
     list of :class:`MaskStats`, one per view (view 0 first).
     """
-    K = None if block_size is None else V.check_int("block_size", block_size, low=1)
+    K = None if block_size is None else validation.check_int("block_size", block_size, low=1)
     views, cu, mv = _views(batch, K, block_size)
     T = mv.shape[1]
     mk, dense, level = _token_classes(mv, views, T, priority, maskable)
@@ -137,14 +137,14 @@ def _token_classes(mv: torch.Tensor, views: int, T: int, priority, maskable):
     """Per token: maskable (bool), dense (bool, maskable only) and priority level (float64)."""
     if maskable is not None:
         mk = maskable.reshape(-1).to(torch.bool).cpu()
-        V.check_shape("maskable", mk, (T,))
+        validation.check_shape("maskable", mk, (T,))
     elif views == 2:
         mk = mv[0] | mv[1]
     else:
         mk = torch.ones(T, dtype=torch.bool)
     if priority is not None:
         pr = priority.reshape(-1).cpu()
-        V.check_shape("priority", pr, (T,))
+        validation.check_shape("priority", pr, (T,))
         dense = (pr > 1.0) if pr.is_floating_point() else (pr != 0)
         level = _levels(pr, mk) if pr.is_floating_point() else (pr != 0).to(torch.float64)
     else:

@@ -8,7 +8,7 @@ from typing import List, Optional, Sequence
 
 import torch
 
-from .. import validation as V
+from .. import validation
 from ..ops import priority_mask
 from ..schedules import STREAM_SIGMA, keyed_sigma
 from .pack import PackedBatch, StepPlan, pack
@@ -53,18 +53,18 @@ class MaskConfig:
     device: str = "worker"
 
     def __post_init__(self):
-        V.check_weight(self.weight)
-        self.complementary = V.check_bool("mask.complementary", self.complementary)
+        validation.check_weight(self.weight)
+        self.complementary = validation.check_bool("mask.complementary", self.complementary)
         for name in ("sigma_low", "sigma_high"):
             x = getattr(self, name)
             if isinstance(x, bool) or not isinstance(x, (int, float)) or not 0.0 <= x <= 1.0:
                 raise ValueError(f"mask.{name}: must be a float in [0, 1], got {x!r}")
         if self.sigma_low > self.sigma_high:
             raise ValueError(f"mask.sigma_low: must be <= sigma_high, got {self.sigma_low} > {self.sigma_high}")
-        V.check_int("mask.block_size", self.block_size, low=1)
-        V.check_choice("mask.sampling", self.sampling, ("bernoulli", "exact"))
-        V.check_choice("mask.loss_weight", self.loss_weight, ("sigma", "token", None))
-        V.check_choice("mask.device", self.device, ("worker", "step"))
+        validation.check_int("mask.block_size", self.block_size, low=1)
+        validation.check_choice("mask.sampling", self.sampling, ("bernoulli", "exact"))
+        validation.check_choice("mask.loss_weight", self.loss_weight, ("sigma", "token", None))
+        validation.check_choice("mask.device", self.device, ("worker", "step"))
 
     @property
     def views(self) -> int:

@@ -8,7 +8,7 @@ from typing import List, Sequence, Tuple
 
 import torch
 
-from .. import validation as V
+from .. import validation
 from .tokenize import TokenizedSample
 
 __all__ = ["PackedBatch", "pack", "StepPlan"]
@@ -83,7 +83,7 @@ def pack(seqs: Sequence[TokenizedSample], sample_ids: Sequence[int], token_budge
     -------
     list of PackedBatch; every sequence lands in exactly one. Deterministic for equal inputs.
     """
-    budget = V.check_int("token_budget", token_budget, low=1)
+    budget = validation.check_int("token_budget", token_budget, low=1)
     if len(seqs) != len(sample_ids):
         raise ValueError(f"sample_ids: expected {len(seqs)} keys, one per sequence, got {len(sample_ids)}")
     order = sorted(range(len(seqs)), key=lambda k: (-len(seqs[k]), k))
@@ -124,11 +124,11 @@ class StepPlan:
     """
 
     def __init__(self, num_samples: int, batch_size: int, seed: int, *, world_size: int = 1, rank: int = 0):
-        self.n = V.check_int("num_samples", num_samples, low=1)
-        self.batch_size = V.check_int("batch_size", batch_size, low=1)
-        self.seed = V.check_int("seed", seed)
-        self.world_size = V.check_int("world_size", world_size, low=1)
-        self.rank = V.check_int("rank", rank, low=0, high=self.world_size - 1)
+        self.n = validation.check_int("num_samples", num_samples, low=1)
+        self.batch_size = validation.check_int("batch_size", batch_size, low=1)
+        self.seed = validation.check_int("seed", seed)
+        self.world_size = validation.check_int("world_size", world_size, low=1)
+        self.rank = validation.check_int("rank", rank, low=0, high=self.world_size - 1)
         if self.batch_size < self.world_size:
             raise ValueError(f"batch_size: {self.batch_size} samples per step cannot feed {self.world_size} ranks")
 

@@ -17,7 +17,7 @@ from typing import Iterable, List, Optional, Sequence, Tuple
 import torch
 from tqdm.auto import tqdm
 
-from .. import validation as V
+from .. import validation
 from .samples import Sample
 
 __all__ = ["TextTokenizer", "CompactTokenizer", "load_tokenizer", "TokenizedSample", "tokenize_sample",
@@ -259,7 +259,7 @@ def tokenize_sample(sample: Sample, tok, index: int = 0, *, block_size: Optional
     a_ids, a_off = tok.encode(sample.answer)
     ids = p_ids + a_ids + [tok.eos_id]
     if block_size is not None:
-        K = V.check_int("block_size", block_size, low=1)
+        K = validation.check_int("block_size", block_size, low=1)
         ids += [tok.eos_id] * (-len(ids) % K)
     if max_length is not None and len(ids) > max_length:
         return None

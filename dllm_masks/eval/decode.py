@@ -15,7 +15,7 @@ from typing import List, Optional, Sequence
 import torch
 from tqdm.auto import tqdm
 
-from .. import validation as V
+from .. import validation
 from ..blockdiff import BlockDiffAttention, decode_layout
 
 __all__ = ["transfer_schedule", "generate", "answer_ids"]
@@ -95,9 +95,9 @@ def generate(model, prompts: Sequence[Sequence[int]], *, mask_id: int, eos_id: i
     list of torch.Tensor, int64, [len(prompt) + gen_length] each, on the CPU: the prompt
     unchanged, then the generated tokens; no ``mask_id`` remains.
     """
-    K = V.check_int("block_size", block_size, low=1)
-    G = V.check_int("gen_length", gen_length, low=0)
-    T = V.check_int("steps_per_block", steps_per_block, low=1)
+    K = validation.check_int("block_size", block_size, low=1)
+    G = validation.check_int("gen_length", gen_length, low=0)
+    T = validation.check_int("steps_per_block", steps_per_block, low=1)
     if temperature < 0:
         raise ValueError(f"temperature: must be >= 0, got {temperature}")
     if device is None:

@@ -27,7 +27,7 @@ from typing import Any, Dict, List, Optional, Sequence
 import torch
 import transformers
 
-from .. import validation as V
+from .. import validation
 from ..loss import NORMS, diffusion_loss, loss_normalizer
 from ..masker import Masker
 from ..ops import MaskedBatch
@@ -75,9 +75,9 @@ class DiffusionCollator:
 
     def __init__(self, pad_token_id: int, *, max_length: Optional[int] = None,
                  pad_to_multiple_of: Optional[int] = None):
-        self.pad_token_id = V.check_int("pad_token_id", pad_token_id)
-        self.max_length = None if max_length is None else V.check_int("max_length", max_length, low=1)
-        self.multiple = None if pad_to_multiple_of is None else V.check_int("pad_to_multiple_of", pad_to_multiple_of, low=1)
+        self.pad_token_id = validation.check_int("pad_token_id", pad_token_id)
+        self.max_length = None if max_length is None else validation.check_int("max_length", max_length, low=1)
+        self.multiple = None if pad_to_multiple_of is None else validation.check_int("pad_to_multiple_of", pad_to_multiple_of, low=1)
 
     def __call__(self, features: Sequence[Dict[str, Any]]) -> Dict[str, torch.Tensor]:
         if not features:
@@ -159,7 +159,7 @@ class DiffusionTrainer(transformers.Trainer):
                  use_sample_ids: bool = False, attention_block_size: Optional[int] = None, **kwargs):
         if not isinstance(masker, Masker):
             raise TypeError(f"masker: expected a dllm_masks.Masker, got {type(masker).__name__}")
-        V.check_choice("loss_norm", loss_norm, tuple(NORMS))
+        validation.check_choice("loss_norm", loss_norm, tuple(NORMS))
         self.masker, self.loss_norm, self.shift, self.use_sample_ids = masker, loss_norm, bool(shift), use_sample_ids
         self.attention_block_size = attention_block_size if attention_block_size is not None else masker.block_size
         self._eval_masker = None

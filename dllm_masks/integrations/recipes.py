@@ -24,7 +24,7 @@ from typing import Dict, Optional, Sequence
 
 import torch
 
-from .. import validation as V
+from .. import validation
 from ..blockdiff import attention_mask_4d, position_ids_4d
 from ..loss import diffusion_loss
 from ..masker import Masker
@@ -98,7 +98,7 @@ def dllm_masker(mask_token_id: int, *, scheduler: str = "linear", time_epsilon: 
     **kwargs
         Passed to :class:`Masker` (``block_size`` for per-block σ, ``rank``, ...).
     """
-    V.check_choice("loss_weight_type", loss_weight_type, ("scheduler", "uniform"))
+    validation.check_choice("loss_weight_type", loss_weight_type, ("scheduler", "uniform"))
     sch = Schedule(scheduler, eps=time_epsilon)
     return Masker(mask_token_id, sigma=sch, loss_weight="sigma" if loss_weight_type == "scheduler" else None,
                   weight=weight, complementary=complementary, seed=seed, **kwargs)
@@ -124,7 +124,7 @@ def dllm_loss(model, inputs: Dict[str, torch.Tensor], masker: Masker, *, loss_no
     normalizer : optional
         The step's global normalizer (see ``dm.loss_normalizer``); default: this batch's.
     """
-    V.check_choice("loss_normalization_type", loss_normalization_type, tuple(DLLM_NORMS))
+    validation.check_choice("loss_normalization_type", loss_normalization_type, tuple(DLLM_NORMS))
     ids = inputs["input_ids"]
     mb = masker(ids, labels=inputs["labels"], attention_mask=inputs.get("attention_mask"),
                 priority=inputs.get("priority"))
@@ -165,11 +165,11 @@ def dfactory_sft_transform(input_ids: Sequence[int], prompt_len: int, *, masker:
     (int64), ``clean_input_ids`` (int64, for block-diffusion rows), ``loss_weight`` (float32, 0
     where not masked; 1 where the masker has ``loss_weight=None``).
     """
-    n_max = V.check_int("max_seq_len", max_seq_len, low=1)
+    n_max = validation.check_int("max_seq_len", max_seq_len, low=1)
     ids = list(input_ids)[:n_max]
     n = len(ids)
-    p = min(V.check_int("prompt_len", prompt_len, low=0), n)
-    x = torch.full((1, n_max), V.check_int("pad_token_id", pad_token_id), dtype=torch.int64)
+    p = min(validation.check_int("prompt_len", prompt_len, low=0), n)
+    x = torch.full((1, n_max), validation.check_int("pad_token_id", pad_token_id), dtype=torch.int64)
     x[0, :n] = torch.tensor(ids, dtype=torch.int64)
     attn = torch.zeros(1, n_max, dtype=torch.int64)
     attn[0, :n] = 1

@@ -13,7 +13,7 @@ import os
 from dataclasses import asdict, dataclass, field
 from typing import Any, Dict, List, Optional, Union
 
-from .. import validation as V
+from .. import validation
 from ..data.collate import MaskConfig
 from .loss import NORMALIZATIONS
 from .model import ModelConfig
@@ -83,10 +83,10 @@ class DataConfig:
     def __post_init__(self):
         if not 0.0 <= float(self.eval_fraction) < 1.0:
             raise ValueError(f"data.eval_fraction: must be in [0, 1), got {self.eval_fraction}")
-        V.check_int("data.max_length", self.max_length, low=1)
-        V.check_int("data.token_budget", self.token_budget, low=1)
-        V.check_int("data.batch_size", self.batch_size, low=1)
-        V.check_int("data.num_workers", self.num_workers, low=0)
+        validation.check_int("data.max_length", self.max_length, low=1)
+        validation.check_int("data.token_budget", self.token_budget, low=1)
+        validation.check_int("data.batch_size", self.batch_size, low=1)
+        validation.check_int("data.num_workers", self.num_workers, low=0)
         if self.token_budget < self.max_length:
             raise ValueError(f"data.token_budget: {self.token_budget} is below data.max_length = {self.max_length}; "
                              "the longest sequence must fit a micro-batch")
@@ -138,7 +138,7 @@ class OptimConfig:
                 raise ValueError(f"optim.{name}: must be > 0, got {getattr(self, name)}")
         if not 0.0 <= self.min_lr_ratio <= 1.0:
             raise ValueError(f"optim.min_lr_ratio: must be in [0, 1], got {self.min_lr_ratio}")
-        V.check_int("optim.warmup_steps", self.warmup_steps, low=0)
+        validation.check_int("optim.warmup_steps", self.warmup_steps, low=0)
         if self.weight_decay < 0 or self.clip_grad < 0:
             raise ValueError("optim.weight_decay / optim.clip_grad: must be >= 0")
         if len(self.betas) != 2 or not all(0.0 <= b < 1.0 for b in self.betas):
@@ -183,9 +183,9 @@ class EvalConfig:
 
     def __post_init__(self):
         for name in ("every", "max_samples", "generate", "generate_train", "show"):
-            V.check_int(f"eval.{name}", getattr(self, name), low=0)
-        V.check_int("eval.gen_length", self.gen_length, low=1)
-        V.check_int("eval.steps_per_block", self.steps_per_block, low=1)
+            validation.check_int(f"eval.{name}", getattr(self, name), low=0)
+        validation.check_int("eval.gen_length", self.gen_length, low=1)
+        validation.check_int("eval.steps_per_block", self.steps_per_block, low=1)
         if self.temperature < 0 or self.code_timeout <= 0:
             raise ValueError("eval.temperature must be >= 0 and eval.code_timeout > 0")
 
@@ -238,14 +238,14 @@ class TrainConfig:
     def __post_init__(self):
         if not isinstance(self.run_dir, str) or not self.run_dir:
             raise TypeError("run_dir: expected a non-empty string")
-        V.check_int("seed", self.seed)
-        V.check_int("max_steps", self.max_steps, low=1)
-        V.check_choice("loss_norm", self.loss_norm, tuple(NORMALIZATIONS))
-        V.check_choice("device", self.device, ("auto", "cpu", "cuda"))
+        validation.check_int("seed", self.seed)
+        validation.check_int("max_steps", self.max_steps, low=1)
+        validation.check_choice("loss_norm", self.loss_norm, tuple(NORMALIZATIONS))
+        validation.check_choice("device", self.device, ("auto", "cpu", "cuda"))
         for name in ("threads", "ckpt_every"):
-            V.check_int(name, getattr(self, name), low=0)
-        V.check_int("log_every", self.log_every, low=1)
-        V.check_int("keep_ckpts", self.keep_ckpts, low=1)
+            validation.check_int(name, getattr(self, name), low=0)
+        validation.check_int("log_every", self.log_every, low=1)
+        validation.check_int("keep_ckpts", self.keep_ckpts, low=1)
         if self.data.max_length > self.model.max_position:
             raise ValueError(f"model.max_position: {self.model.max_position} is below data.max_length = "
                              f"{self.data.max_length}")

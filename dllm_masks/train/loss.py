@@ -13,7 +13,7 @@ from typing import Tuple
 
 import torch
 
-from .. import validation as V
+from .. import validation
 from ..data.collate import TrainBatch
 from ..loss import NORMS, weighted_ce_sum
 from .forward import masked_index
@@ -25,7 +25,7 @@ NORMALIZATIONS = NORMS
 
 def normalizer(batch: TrainBatch, norm: str) -> float:
     """This micro-batch's share of the step's normalizer D (sum it over micro-batches and ranks)."""
-    V.check_choice("train.loss_norm", norm, tuple(NORMALIZATIONS))
+    validation.check_choice("train.loss_norm", norm, tuple(NORMALIZATIONS))
     if norm == "masked":
         return float(batch.num_masked)
     if norm == "maskable":
@@ -49,7 +49,7 @@ def loss_terms(logits: torch.Tensor, batch: TrainBatch, index: torch.Tensor, nor
     -------
     (torch.Tensor, scalar float32, differentiable; int M)
     """
-    V.check_choice("train.loss_norm", norm, tuple(NORMALIZATIONS))
+    validation.check_choice("train.loss_norm", norm, tuple(NORMALIZATIONS))
     total = weighted_ce_sum(logits, batch.labels[index], batch.loss_weight[index], norm=norm,
                             seq=batch.seq_of_token[index], maskable_per_seq=batch.maskable_per_seq)
     return total, index.numel()

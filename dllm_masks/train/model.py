@@ -15,7 +15,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .. import validation as V
+from .. import validation
 from ..blockdiff import ATTENTION_MODES, BlockDiffAttention, dense_mask
 
 __all__ = ["ModelConfig", "DiffusionLM", "HFDiffusionLM", "build_model", "forward_block"]
@@ -68,14 +68,14 @@ class ModelConfig:
     hf_trust_remote_code: bool = False
 
     def __post_init__(self):
-        V.check_choice("model.kind", self.kind, ("tiny", "hf"))
-        V.check_int("model.vocab_size", self.vocab_size, low=0)
+        validation.check_choice("model.kind", self.kind, ("tiny", "hf"))
+        validation.check_int("model.vocab_size", self.vocab_size, low=0)
         for name in ("d_model", "n_layers", "n_heads", "max_position"):
-            V.check_int(f"model.{name}", getattr(self, name), low=1)
-        V.check_int("model.d_ff", self.d_ff, low=0)
+            validation.check_int(f"model.{name}", getattr(self, name), low=1)
+        validation.check_int("model.d_ff", self.d_ff, low=0)
         if self.d_model % self.n_heads or (self.d_model // self.n_heads) % 2:
             raise ValueError(f"model.n_heads: d_model={self.d_model} must split into {self.n_heads} heads of even size")
-        V.check_choice("model.attention", self.attention, ATTENTION_MODES)
+        validation.check_choice("model.attention", self.attention, ATTENTION_MODES)
         if not isinstance(self.hf_config, dict):
             raise TypeError(f"model.hf_config: expected a dict, got {type(self.hf_config).__name__}")
         if not isinstance(self.hf_pretrained, str):
