@@ -12,7 +12,7 @@ from typing import Tuple
 
 import torch
 
-from .rates import exact_counts
+from .rates import exact_counts, solve_two_level
 
 __all__ = ["solve_two_level", "weighted_masks", "token_rates"]
 
@@ -28,56 +28,6 @@ def _pow2(e: torch.Tensor) -> torch.Tensor:
 def _pattern_value(b: torch.Tensor) -> torch.Tensor:
     """float64 value of the float32 bit patterns ``b`` (int64 in [0, 2^31))."""
     return b.to(torch.int32).view(torch.float32).to(torch.float64)
-
-
-def solve_two_level(n: torch.Tensor, n1: torch.Tensor, sigma: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
-    """:func:`dllm_masks.rates._solve` with one weight per segment: the same operations in the same
-    order, so each segment's (q0, q1) is bit-identical to ``_solve`` called with its own w.
-
-    n, n1: integer [S]; sigma: float32 [S]; w: float64 [S] in [0, inf]. Returns float64 [S, 2].
-    """
-    N = n.to(torch.float64)
-    n1f = n1.to(torch.float64)
-    n0 = N - n1f
-    s = sigma.to(torch.float64)
-    K = s * N
-    one = torch.ones_like(s)
-    zero = torch.zeros_like(s)
-    # w = inf
-    qi1 = torch.minimum(one, K / n1f)
-    qi0 = torch.maximum(zero, (K - n1f) / n0)
-    # w = 0
-    qz0 = torch.minimum(one, K / n0)
-    qz1 = torch.maximum(zero, (K - n0) / n1f)
-    # 0 < w < inf, w != 1
-    den = n1f * w + n0
-    p = K / den
-    wp = p * w
-    keep_hi = wp <= 1.0
-    qa0 = torch.where(keep_hi, p, (K - n1f) / n0)
-    qa1 = torch.where(keep_hi, wp, one)
-    keep_lo = p <= 1.0
-    qb0 = torch.where(keep_lo, p, one)
-    qb1 = torch.where(keep_lo, wp, (K - n0) / n1f)
-    above = w > 1.0
-    q0 = torch.where(above, qa0, qb0)
-    q1 = torch.where(above, qa1, qb1)
-    inf = torch.isinf(w)
-    q0 = torch.where(inf, qi0, q0)
-    q1 = torch.where(inf, qi1, q1)
-    wz = w == 0.0
-    q0 = torch.where(wz, qz0, q0)
-    q1 = torch.where(wz, qz1, q1)
-    w1 = w == 1.0
-    q0 = torch.where(w1, s, q0)
-    q1 = torch.where(w1, s, q1)
-    uniform = (n1 == 0) | (n0 == 0)
-    q0 = torch.where(uniform, s, q0)
-    q1 = torch.where(uniform, s, q1)
-    empty = N == 0
-    q0 = torch.where(empty, zero, q0)
-    q1 = torch.where(empty, zero, q1)
-    return torch.stack([q0, q1], dim=-1)
 
 
 def _groups(gkey: torch.Tensor, gseg_of: torch.Tensor, cnt_src: torch.Tensor, val_src: torch.Tensor, shift: int):

@@ -5,7 +5,6 @@ multiply-add): the C++ and Triton kernels perform exactly the same sequence of o
 """
 from __future__ import annotations
 
-import math
 from typing import Tuple
 
 import torch
@@ -62,33 +61,53 @@ def solve_rates(n, n1, sigma, weight: float) -> torch.Tensor:
 
 def _solve(n: torch.Tensor, n1: torch.Tensor, sigma: torch.Tensor, w: float) -> torch.Tensor:
     """:func:`solve_rates` without checks: n, n1 integer [S], sigma float32 [S], w a float."""
+    return solve_two_level(n, n1, sigma, torch.full(sigma.shape, w, dtype=torch.float64, device=sigma.device))
+
+
+def solve_two_level(n: torch.Tensor, n1: torch.Tensor, sigma: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+    """The rate solve (docs/design.md §3) with one weight per segment, without checks.
+
+    Every case (w = 1, inf, 0, above or below 1) is computed elementwise and the segment's own
+    case is selected, so each segment's (q0, q1) comes from the same float64 operations in the
+    same order whatever the other segments' weights are.
+
+    n, n1: integer [S]; sigma: float32 [S]; w: float64 [S] in [0, inf]. Returns float64 [S, 2].
+    """
     N = n.to(torch.float64)
-    n1 = n1.to(torch.float64)
-    n0 = N - n1
+    n1f = n1.to(torch.float64)
+    n0 = N - n1f
     s = sigma.to(torch.float64)
     K = s * N
     one = torch.ones_like(s)
     zero = torch.zeros_like(s)
-    if w == 1.0:
-        q0, q1 = s, s
-    elif math.isinf(w):
-        q1 = torch.minimum(one, K / n1)
-        q0 = torch.maximum(zero, (K - n1) / n0)
-    elif w == 0.0:
-        q0 = torch.minimum(one, K / n0)
-        q1 = torch.maximum(zero, (K - n0) / n1)
-    else:
-        den = n1 * w + n0  # w*n1 rounded, then + n0 rounded: no fma
-        p = K / den
-        wp = p * w
-        if w > 1.0:
-            keep = wp <= 1.0
-            q0 = torch.where(keep, p, (K - n1) / n0)
-            q1 = torch.where(keep, wp, one)
-        else:
-            keep = p <= 1.0
-            q0 = torch.where(keep, p, one)
-            q1 = torch.where(keep, wp, (K - n0) / n1)
+    # w = inf
+    qi1 = torch.minimum(one, K / n1f)
+    qi0 = torch.maximum(zero, (K - n1f) / n0)
+    # w = 0
+    qz0 = torch.minimum(one, K / n0)
+    qz1 = torch.maximum(zero, (K - n0) / n1f)
+    # 0 < w < inf, w != 1
+    den = n1f * w + n0
+    p = K / den
+    wp = p * w
+    keep_hi = wp <= 1.0
+    qa0 = torch.where(keep_hi, p, (K - n1f) / n0)
+    qa1 = torch.where(keep_hi, wp, one)
+    keep_lo = p <= 1.0
+    qb0 = torch.where(keep_lo, p, one)
+    qb1 = torch.where(keep_lo, wp, (K - n0) / n1f)
+    above = w > 1.0
+    q0 = torch.where(above, qa0, qb0)
+    q1 = torch.where(above, qa1, qb1)
+    inf = torch.isinf(w)
+    q0 = torch.where(inf, qi0, q0)
+    q1 = torch.where(inf, qi1, q1)
+    wz = w == 0.0
+    q0 = torch.where(wz, qz0, q0)
+    q1 = torch.where(wz, qz1, q1)
+    w1 = w == 1.0
+    q0 = torch.where(w1, s, q0)
+    q1 = torch.where(w1, s, q1)
     uniform = (n1 == 0) | (n0 == 0)
     q0 = torch.where(uniform, s, q0)
     q1 = torch.where(uniform, s, q1)

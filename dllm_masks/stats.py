@@ -13,6 +13,7 @@ from typing import Dict, List, NamedTuple, Optional
 import torch
 
 from . import validation
+from .ops import num_segments
 
 __all__ = ["mask_stats", "MaskStats", "format_stats"]
 
@@ -104,13 +105,6 @@ def mask_stats(batch, *, block_size: Optional[int] = None, priority: Optional[to
     return [_view_stats(mv[v], mk, dense, level, geo, S, K, sig if v == 0 else 1.0 - sig) for v in range(views)]
 
 
-def _segment_count(cu: torch.Tensor, K: Optional[int]) -> int:
-    if K is None:
-        return cu.numel() - 1
-    lens = cu[1:] - cu[:-1]
-    return int(((lens + K - 1) // K).sum())
-
-
 def _views(batch, K: Optional[int], block_size):
     """(views, int64 offsets of view 0's sequences [B+1], bool masks [views, T]) of a batch."""
     masked_all = batch.masked
@@ -125,9 +119,9 @@ def _views(batch, K: Optional[int], block_size):
     views = 1
     if nseq % 2 == 0 and nseq:
         half = cu_all[: nseq // 2 + 1]
-        if _segment_count(half, K) == S and torch.equal(cu_all[nseq // 2:] - cu_all[nseq // 2], half):
+        if num_segments(half, K) == S and torch.equal(cu_all[nseq // 2:] - cu_all[nseq // 2], half):
             views = 2
-    if views == 1 and _segment_count(cu_all, K) != S:
+    if views == 1 and num_segments(cu_all, K) != S:
         raise ValueError(f"block_size: the batch has {S} segments, which block_size={block_size} does not give")
     T = masked_all.numel() // views
     return views, cu_all[: nseq // views + 1], masked_all.view(views, T)
