@@ -141,7 +141,7 @@ def _compiled(fn, **kw):
     return torch.compile(fn, fullgraph=True, backend="eager", **kw)
 
 
-@pytest.mark.parametrize("backend", [None, "cpp"])
+@pytest.mark.parametrize("backend", [None, "cpp", "ref"])
 def test_compiled_capturable_call_with_a_float_sigma_argument(backend):
     _skip_unavailable(backend or "ref")
     case = packed_case([5, 0, 9], seed=2)
