@@ -23,6 +23,7 @@ from typing import Optional, Tuple, Union
 import torch
 
 from . import validation
+from .buffers import OutputPool
 from .ops import MaskedBatch, priority_mask
 from .schedules import Schedule, keyed_uniform
 
@@ -64,12 +65,18 @@ class Masker:
         Default: from ``torch.distributed`` when initialized (read at each call), else 0 and 1.
     backend : str, optional
         Force a ``priority_mask`` backend.
+    reuse_outputs : bool
+        Write every call's outputs into buffers this masker keeps (a :class:`~dllm_masks.OutputPool`)
+        instead of new tensors: no allocation and no first-touch page faults once the buffers have
+        grown to the largest batch. The batch a call returns is then **overwritten by the next
+        call**; keep it only for the step it was made for (copy what must live longer).
     """
 
     def __init__(self, mask_token_id: int, *, weight: float = 1.0, complementary: bool = False,
                  block_size: Optional[int] = None, sigma: Union[None, Tuple[float, float], Schedule] = None,
                  sampling: str = "bernoulli", loss_weight: Union[None, str, Schedule] = "sigma", seed: int = 0,
-                 rank: Optional[int] = None, world_size: Optional[int] = None, backend: Optional[str] = None):
+                 rank: Optional[int] = None, world_size: Optional[int] = None, backend: Optional[str] = None,
+                 reuse_outputs: bool = False):
         self.mask_token_id = validation.check_int("mask_token_id", mask_token_id)
         self.weight = validation.check_weight(weight)
         if not isinstance(complementary, bool):
@@ -101,6 +108,7 @@ class Masker:
         if self._rank is not None and self._world is not None and self._rank >= self._world:
             raise ValueError(f"rank: must be < world_size={self._world}, got {self._rank}")
         self.backend = backend
+        self.pool = OutputPool() if validation.check_bool("reuse_outputs", reuse_outputs) else None
         self.step = 0
 
     # -- configuration -----------------------------------------------------------------------
@@ -178,23 +186,36 @@ class Masker:
         given = [n for n, x in (("labels", labels), ("prompt_lens", prompt_lens), ("maskable", maskable)) if x is not None]
         if len(given) > 1:
             raise ValueError(f"{given[1]}: give at most one of labels, prompt_lens and maskable (got {', '.join(given)})")
-        m = self._maskable(input_ids, cu, padded, attention_mask, labels, prompt_lens, maskable)
+        # Prompt lengths go to the op as they are (no [T] mask to build); with the complement the
+        # maskable tokens are then read off the result: the two views partition them.
+        direct = prompt_lens is not None and attention_mask is None and self.complementary
+        if direct:
+            validation.check_tensor("prompt_lens", prompt_lens, dtypes=validation.INT_DTYPES, device=dev)
+            m = None
+        else:
+            m = self._maskable(input_ids, cu, padded, attention_mask, labels, prompt_lens, maskable)
 
         keys, seq_offset, counts, t, sigma = self._draw(cu, B, sample_ids, dev)
         K = self.block_size
-        out = priority_mask(input_ids, sigma, mask_token_id=self.mask_token_id,
-                            cu_seqlens=None if padded else cu.to(torch.int32), maskable=m, priority=priority,
-                            weight=self.weight, sampling=self.sampling, complementary=self.complementary,
-                            block_size=K, seed=self.seed, seq_offset=seq_offset,
+        cu32 = None if padded else cu.to(torch.int32)
+        bufs = None if self.pool is None else self.pool.take(
+            input_ids, cu_seqlens=cu32, block_size=K, complementary=self.complementary,
+            loss_weight=self.loss_weight, num_segments=sigma.numel())
+        out = priority_mask(input_ids, sigma, mask_token_id=self.mask_token_id, cu_seqlens=cu32, maskable=m,
+                            prompt_lens=prompt_lens if direct else None, priority=priority, weight=self.weight, sampling=self.sampling,
+                            complementary=self.complementary, block_size=K, seed=self.seed, seq_offset=seq_offset,
                             sample_ids=keys if sample_ids is not None else None, loss_weight=self.loss_weight,
-                            backend=self.backend)
+                            backend=self.backend, out=bufs)
         self.step += 1
         lw = out.loss_weight
         if lw is not None and t is not None:
-            # dσ/dt = −α′(t) per segment, broadcast to tokens of every view.
+            # dσ/dt = −α′(t) per segment, broadcast to tokens of every view (in place: lw is this call's).
             factor = (-self.schedule.alpha_prime(t)).to(torch.float32)
             seg = self._segment_of_token(cu, counts, input_ids.shape, padded, dev)
-            lw = lw * factor[seg].repeat((self.views,) + (1,) * (seg.dim() - 1)).reshape(lw.shape)
+            lw = lw.mul_(factor[seg].repeat((self.views,) + (1,) * (seg.dim() - 1)).reshape(lw.shape))
+        if direct:
+            n = out.masked.shape[0] // 2
+            m = out.masked[:n] | out.masked[n:]
         mv = m.repeat((self.views,) + (1,) * (m.dim() - 1))
         return out._replace(loss_weight=lw, maskable=mv)
 
@@ -236,6 +257,8 @@ class Masker:
             pl = prompt_lens.reshape(-1).to(torch.int64)
             if pl.numel() != cu.numel() - 1:
                 raise ValueError(f"prompt_lens: expected {cu.numel() - 1} values (one per sequence), got {pl.numel()}")
+            if validation.host_readable(pl):
+                validation.check_prompt_lens(pl, cu)  # as the op does when it gets them
             if padded:
                 m = torch.arange(shape[1], device=dev)[None, :] >= pl[:, None]
             else:

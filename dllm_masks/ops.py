@@ -539,6 +539,24 @@ def _check_no_overlap(outs, ins):
                 raise ValueError(f"out: {n[4:]}: shares memory with {m}")
 
 
+def output_layout(input_ids: torch.Tensor, *, cu_seqlens=None, block_size=None, complementary=False,
+                  loss_weight=None, num_segments=None):
+    """Checked shape-setting arguments of :func:`empty_masked_batch` → (per-token output shape,
+    V, B, S)."""
+    validation.check_tensor("input_ids", input_ids, dtypes=validation.ID_DTYPES, ndim=(1, 2))
+    if not isinstance(complementary, bool):
+        raise TypeError(f"complementary: expected a bool, got {type(complementary).__name__}")
+    validation.check_choice("loss_weight", loss_weight, tuple(LOSS_WEIGHT_MODES))
+    padded, B, L, cu = _layout(input_ids, cu_seqlens)
+    K = None if block_size is None else validation.check_int("block_size", block_size, low=1)
+    if num_segments is not None:
+        S = validation.check_int("num_segments", num_segments, low=0)
+    else:
+        S = B if K is None else _count_segments(cu, K)
+    nv = 2 if complementary else 1
+    return ((nv * B, L) if padded else (nv * L,)), nv, B, S
+
+
 def empty_masked_batch(
     input_ids: torch.Tensor,
     *,
@@ -569,19 +587,9 @@ def empty_masked_batch(
         ``cu_seqlens`` int32 [V·B + 1] and ``sigma`` float32 [S] (never written by ``out=``: the
         result of a call carries the call's own).
     """
-    validation.check_tensor("input_ids", input_ids, dtypes=validation.ID_DTYPES, ndim=(1, 2))
+    shape, nv, B, S = output_layout(input_ids, cu_seqlens=cu_seqlens, block_size=block_size,
+                                    complementary=complementary, loss_weight=loss_weight, num_segments=num_segments)
     dev = input_ids.device
-    if not isinstance(complementary, bool):
-        raise TypeError(f"complementary: expected a bool, got {type(complementary).__name__}")
-    validation.check_choice("loss_weight", loss_weight, tuple(LOSS_WEIGHT_MODES))
-    padded, B, L, cu = _layout(input_ids, cu_seqlens)
-    K = None if block_size is None else validation.check_int("block_size", block_size, low=1)
-    if num_segments is not None:
-        S = validation.check_int("num_segments", num_segments, low=0)
-    else:
-        S = B if K is None else _count_segments(cu, K)
-    nv = 2 if complementary else 1
-    shape = (nv * B, L) if padded else (nv * L,)
     return MaskedBatch(
         noisy_ids=torch.empty(shape, dtype=input_ids.dtype, device=dev),
         labels=torch.empty(shape, dtype=torch.int64, device=dev),
