@@ -69,7 +69,8 @@ class Masker:
         Write every call's outputs into buffers this masker keeps (a :class:`~dllm_masks.OutputPool`)
         instead of new tensors: no allocation and no first-touch page faults once the buffers have
         grown to the largest batch. The batch a call returns is then **overwritten by the next
-        call**; keep it only for the step it was made for (copy what must live longer).
+        call**; keep it only for the step it was made for (copy what must live longer), and do
+        not use it in a collator whose batches a DataLoader prefetches.
     """
 
     def __init__(self, mask_token_id: int, *, weight: float = 1.0, complementary: bool = False,
