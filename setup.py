@@ -9,7 +9,7 @@ import glob
 import os
 import sys
 
-from setuptools import setup
+from setuptools import find_packages, setup
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 SKIP = os.environ.get("DLLM_MASKS_SKIP_CPP") == "1"
@@ -58,15 +58,8 @@ if not SKIP:
             cmdclass = {"build_ext": OptionalBuildExt.with_options(use_ninja=False)}
 
 setup(
-    packages=[
-        "dllm_masks",
-        "dllm_masks.extract",
-        "dllm_masks.data",
-        "dllm_masks.train",
-        "dllm_masks.eval",
-        "dllm_masks.cli",
-        "dllm_masks.triton_kernels",
-    ],
+    # every subpackage of dllm_masks (a hand-kept list once missed one), plus the Triton kernels
+    packages=find_packages(include=["dllm_masks", "dllm_masks.*"]) + ["dllm_masks.triton_kernels"],
     package_dir={"dllm_masks.triton_kernels": "triton_kernels"},
     ext_modules=ext_modules,
     cmdclass=cmdclass,
