@@ -27,7 +27,7 @@ from tqdm.auto import tqdm
 
 from .align import dense_fraction
 from .auto import DOMAINS, detect_domain, rule_spans, sample_key, selected  # noqa: F401 (re-exported)
-from .budget import measure_for, parse_target_rho
+from .budget import measure_for, parse_target_rho, target_for
 
 BATCH = 64
 
@@ -188,6 +188,24 @@ def _setup(args):
     return tok, extractor
 
 
+def _check_resumed(prev: dict, args, k: int) -> None:
+    """A resumed record must be what this run would have written: the same choice of annotated
+    samples (``--fraction``, ``--seed``) and the same density budget (``--target-rho``)."""
+    meta = prev.get("extract")
+    if (meta is not None) != selected(prev, args.fraction, args.seed):
+        raise _UsageError(f"--fraction/--seed: {args.output} record {k} was {'' if meta else 'not '}annotated, "
+                          f"which --fraction {args.fraction} --seed {args.seed} would not do; resume with the "
+                          "values it was written with, or write to a new file")
+    if meta is None or meta.get("failed") or args.method != "rules" or prev.get("domain") not in DOMAINS:
+        return
+    was = (meta.get("budget") or {}).get("target_rho")
+    now = target_for(args.target_rho, prev["domain"], "--target-rho")
+    if was != now:
+        raise _UsageError(f"--target-rho: {args.output} record {k} ({prev['domain']}) was written with a density "
+                          f"budget of {was}, this run asks for {now}; resume with the value it was written with, "
+                          "or write to a new file")
+
+
 def _annotate_file(args, tok, extractor, done: List[dict], stats: "_Stats", bad: List[int]) -> int:
     """Append the annotations of the input's records that ``done`` (the output so far) does not
     hold yet; returns how many were written. Raises _UsageError when the output does not continue
@@ -225,6 +243,7 @@ def _annotate_file(args, tok, extractor, done: List[dict], stats: "_Stats", bad:
                         or sample_key(prev) != sample_key(rec) or prev.get("answer") != rec["answer"]:
                     raise _UsageError(f"{args.output} does not continue {args.input} (record {k + 1}, "
                                       f"line {n}); remove it to start over")
+                _check_resumed(prev, args, k + 1)
                 stats.add(prev, tok)
                 k += 1
                 bar.update(1)
