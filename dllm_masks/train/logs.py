@@ -13,7 +13,7 @@ __all__ = ["CSV_FIELDS", "RunLog", "read_log", "plot_loss"]
 log = logging.getLogger("dllm_masks")
 
 CSV_FIELDS = ["step", "loss", "eval_loss", "eval_acc", "lr", "grad_norm", "tokens", "masked", "seqs", "micro_batches",
-              "epoch", "elapsed_s"]
+              "epoch", "elapsed_s", "importance_ms", "importance_store_bytes", "importance_peak_bytes"]
 
 
 def read_log(path: str) -> List[Dict[str, str]]:
