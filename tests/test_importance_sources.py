@@ -364,3 +364,51 @@ def test_a_checkpoint_without_a_store_is_refused(tmp_path):
     ck.save_checkpoint(path, state, step=2)
     with pytest.raises(ck.CheckpointError, match="importance score store"):
         train(tiny_config(tmp_path / "r", max_steps=3, mask__priority="loss"), evaluate=False)
+
+
+def test_torchrun_two_ranks_keep_one_store(tmp_path):
+    """Two gloo ranks: every rank applies every rank's observations (a checksum is compared across
+    ranks at each checkpoint, a mismatch fails the run); the store matches one process's."""
+    import os
+    import subprocess
+    import sys
+
+    over = dict(max_steps=8, ckpt_every=2, mask__priority="loss")
+    cfg_path = tmp_path / "cfg.json"
+    cfg_path.write_text(json.dumps(tiny_config(tmp_path / "ddp", **over)))
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join([str(Path(__file__).resolve().parents[1]), env.get("PYTHONPATH", "")])
+    env.update(OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
+    env.pop("RANK", None), env.pop("WORLD_SIZE", None)
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+           "-m", "dllm_masks.cli", "train", "--config", str(cfg_path), "--no-progress"]
+    out = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    res = json.loads((tmp_path / "ddp" / "result.json").read_text())
+    assert res["world_size"] == 2 and res["importance"]["scored_tokens"] > 0
+    one = train(tiny_config(tmp_path / "one", **over), evaluate=False)
+    a, b = _store_of(tmp_path / "one"), _store_of(tmp_path / "ddp")
+    assert torch.equal(torch.isnan(a), torch.isnan(b))
+    torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5, equal_nan=True)
+    ddp = [float(r["loss"]) for r in _rows(tmp_path / "ddp")]
+    for x, y in zip(one["losses"], ddp):
+        assert abs(x - y) < 1e-4 * abs(x)
+
+
+def test_demo_trains_the_annotation_free_path(tmp_path, capsys):
+    from dllm_masks.cli import main
+
+    rc = main(["demo", "--priority", "loss", "--brief", "--steps", "3", "--run-dir", str(tmp_path / "d"),
+               "--threads", "1", "--set", "data.source=bundled:24", "--set", "data.eval_fraction=0.15",
+               "--set", "progress=false"])
+    out = capsys.readouterr().out
+    assert rc == 0
+    for line in ("demo (mask.priority=loss)", "no annotation", "training ignores the rule spans",
+                 "trained steps 1-3", "held-out loss", "priority from the model (mask.priority=loss",
+                 "ms per step", "demo finished in"):
+        assert line in out, (line, out[-2000:])
+    assert "--- held-out" not in out and "filled in by one forward pass" not in out  # --brief
+    res = json.loads((tmp_path / "d" / "result.json").read_text())
+    assert res["priority"] == "loss" and res["importance"]["scored_tokens"] > 0 and res["metrics"] == {}
+    cfg = json.loads((tmp_path / "d" / "config.json").read_text())
+    assert cfg["mask"]["priority"] == "loss" and cfg["mask"]["device"] == "step" and cfg["eval"]["generate"] == 0
