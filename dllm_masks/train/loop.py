@@ -248,7 +248,10 @@ def train(config, *, stop_after: Optional[int] = None, resume: bool = True, prog
         the rest), ``metrics``
         (``math_accuracy``, ``code_pass@1``, counts), ``generations``, ``wall_s``,
         ``train_s``, ``tokens_per_s``, ``run_dir``, ``log_csv``, ``plot``, ``checkpoint``,
-        ``dropped_samples``, ``world_size``.
+        ``dropped_samples``, ``world_size``, ``priority`` (``mask.priority``), ``importance`` (None,
+        or for a model source the dict of
+        :meth:`dllm_masks.train.importance.Importance.summary`: ``source``, ``ms_per_step``,
+        ``store_bytes``, ``peak_bytes``, ``every``, ``scored_tokens``, ``tokens``).
     """
     from tqdm.auto import tqdm
 
@@ -515,8 +518,10 @@ def _finish(run: _Run, losses: list, t_train: float, t_wall: float, *, evaluator
             result.update(evaluator(model, data, cfg, env.device, progress=run.show))
     if env.main:
         result["plot"] = plot_loss(result["log_csv"], os.path.join(cfg.run_dir, "loss.png"),
-                                   title=f"{os.path.basename(os.path.normpath(cfg.run_dir))}: w={cfg.mask.weight}, "
-                                         f"complementary={cfg.mask.complementary}, K={cfg.mask.block_size}")
+                                   title=f"{os.path.basename(os.path.normpath(cfg.run_dir))}: "
+                                         + (f"w={cfg.mask.weight}" if cfg.mask.priority == "rules"
+                                            else f"priority={cfg.mask.priority}")
+                                         + f", complementary={cfg.mask.complementary}, K={cfg.mask.block_size}")
         result["wall_s"] = time.perf_counter() - t_wall
         with open(os.path.join(cfg.run_dir, "result.json"), "w") as f:
             json.dump({k: v for k, v in result.items() if k != "losses"}, f, indent=1, default=str)
