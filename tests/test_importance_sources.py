@@ -165,6 +165,50 @@ def test_observe_records_the_masked_tokens_ce_of_both_views(data):
     assert c["importance_peak_bytes"] == idx.numel() * tok.vocab_size * 4
 
 
+def test_confidence_scores_one_minus_p_correct_with_the_whole_answer_masked(data):
+    """A stand-in forward that is sure of the tokens at even positions and uniform elsewhere: the
+    scores are 1 − p(correct) (about 0 and 1 − 1/V), the sure tokens get the lower weight, and
+    the pass saw every answer token masked."""
+    tok, seqs = data
+    V = tok.vocab_size
+    seen = []
+
+    def forward(model, b):
+        from dllm_masks.train.forward import masked_index
+
+        assert not model.training  # no-grad pass in eval mode
+        seen.append(b)
+        idx = masked_index(b)
+        logits = torch.zeros(idx.numel(), V)
+        sure = idx % 2 == 0
+        logits[sure, b.labels[idx][sure]] = 50.0
+        return logits, idx
+
+    cfg = MaskConfig(block_size=8, priority="confidence", importance_every=2)
+    imp = Importance(cfg, [len(s) for s in seqs], torch.device("cpu"), tok.mask_id)
+    pb = pack(seqs[2:7], list(range(2, 7)), 2048)[0]
+    model = torch.nn.Linear(1, 1)
+    imp.begin_step(0, [pb], model, forward)
+    assert model.training and len(seen) == 1
+    b, T = seen[0], pb.num_tokens
+    answer = b.labels != -100
+    assert bool((b.input_ids[:T][answer] == tok.mask_id).all()) and b.views == 1
+    scores = imp.store.scores[imp.store.positions(pb)]
+    pos = torch.arange(T)
+    sure, unsure = answer & (pos % 2 == 0), answer & (pos % 2 == 1)
+    assert bool((scores[sure] < 1e-6).all())
+    torch.testing.assert_close(scores[unsure], torch.full((int(unsure.sum()),), 1 - 1 / V))
+    assert bool(torch.isnan(scores[~answer]).all())
+    w = imp.weights(pb)
+    assert bool((w[sure] == cfg.importance_min).all()) and bool((w[unsure] > 1).all())
+    assert imp.cost()["importance_ms"] > 0 and imp.cost()["importance_peak_bytes"] == int(answer.sum()) * V * 4
+    # every 2 steps: no pass at step 1, one at step 2
+    imp.begin_step(1, [pb], model, forward)
+    assert len(seen) == 1 and imp.cost()["importance_peak_bytes"] == 0
+    imp.begin_step(2, [pb], model, forward)
+    assert len(seen) == 2
+
+
 def test_fully_masked_batch_masks_every_answer_token(data):
     tok, seqs = data
     pb = pack(seqs[:4], [0, 1, 2, 3], 2048)[0]

@@ -3,6 +3,7 @@ the training step: both give the same masks (the op is bit-identical across back
 same seed and ``sample_ids``, and σ is drawn per sample key, not per batch)."""
 from __future__ import annotations
 
+import numbers
 from dataclasses import asdict, dataclass
 from typing import List, Optional, Sequence
 
@@ -25,7 +26,7 @@ MODEL_SOURCES = ("loss", "confidence", "mix")
 
 def _check_float(name: str, x, low: float, high: float, *, low_open: bool = False, high_open: bool = False) -> float:
     """``x`` as a finite float in the interval; errors name ``name``."""
-    if isinstance(x, bool) or not isinstance(x, (int, float)):
+    if isinstance(x, bool) or not isinstance(x, numbers.Real):
         raise ValueError(f"{name}: expected a number, got {type(x).__name__} {x!r}")
     x = float(x)
     below = x <= low if low_open else x < low
