@@ -456,3 +456,31 @@ def test_demo_trains_the_annotation_free_path(tmp_path, capsys):
     assert res["priority"] == "loss" and res["importance"]["scored_tokens"] > 0 and res["metrics"] == {}
     cfg = json.loads((tmp_path / "d" / "config.json").read_text())
     assert cfg["mask"]["priority"] == "loss" and cfg["mask"]["device"] == "step" and cfg["eval"]["generate"] == 0
+
+
+def test_in_the_loop_high_weight_tokens_are_masked_more_often(tmp_path, monkeypatch):
+    """The weights the loop hands to the op shape its masks: over the second epoch of a "loss" run,
+    view-0 tokens with weight > 1.5 are masked more often than those with weight < 0.67, by more
+    than 5 binomial standard errors. (The tiny model's per-token losses are within ~20 % of their
+    sample's mean after a few steps, so γ = 8 spreads them.)"""
+    import dllm_masks.train.loop as loop
+
+    got = []
+    real = loop.mask_batch
+
+    def spy(pb, cfg, **kw):
+        b = real(pb, cfg, **kw)
+        if kw.get("importance") is not None:
+            got.append((kw["importance"], b.labels[:pb.num_tokens] != -100))
+        return b
+
+    monkeypatch.setattr(loop, "mask_batch", spy)
+    train(tiny_config(tmp_path / "r", max_steps=12, mask__priority="loss", mask__importance_gamma=8.0),
+          evaluate=False)
+    w = torch.cat([g[0] for g in got])
+    m = torch.cat([g[1] for g in got])
+    hi, lo = w > 1.5, w < 0.67
+    assert int(hi.sum()) > 50 and int(lo.sum()) > 50
+    p_hi, p_lo = float(m[hi].float().mean()), float(m[lo].float().mean())
+    se = math.sqrt(p_hi * (1 - p_hi) / int(hi.sum()) + p_lo * (1 - p_lo) / int(lo.sum()))
+    assert p_hi - p_lo > 5 * se, (p_hi, p_lo, se)
