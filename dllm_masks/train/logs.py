@@ -62,7 +62,7 @@ class RunLog:
         self._w.writerow({k: ("" if row.get(k) is None else row[k]) for k in CSV_FIELDS})
         self._f.flush()
         if self.tb is not None:
-            for k in ("loss", "eval_loss", "eval_acc", "lr", "grad_norm"):
+            for k in ("loss", "eval_loss", "eval_acc", "lr", "grad_norm", "importance_ms"):
                 if row.get(k) is not None:
                     self.tb.add_scalar(f"train/{k}", float(row[k]), row["step"])
 
