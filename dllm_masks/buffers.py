@@ -49,7 +49,11 @@ class OutputPool:
         self._bufs: Dict[Tuple[str, torch.dtype, torch.device], torch.Tensor] = {}
         self.allocations = 0  # buffers (re)allocated so far
 
-    def _view(self, name: str, shape, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    def buffer(self, name: str, shape, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+        """A contiguous tensor of ``shape`` and ``dtype`` from this pool's buffer ``name`` (grown
+        as needed); the next request for ``name`` hands out the same memory. :meth:`take` uses
+        the names of the :class:`~dllm_masks.MaskedBatch` fields; a caller may keep other names
+        for its own per-step tensors."""
         n = math.prod(shape)
         key = (name, dtype, device)
         buf = self._bufs.get(key)
@@ -76,13 +80,13 @@ class OutputPool:
                                         num_segments=num_segments)
         dev = input_ids.device
         return MaskedBatch(
-            noisy_ids=self._view("noisy_ids", shape, input_ids.dtype, dev),
-            labels=self._view("labels", shape, torch.int64, dev),
-            masked=self._view("masked", shape, torch.bool, dev),
-            loss_weight=None if loss_weight is None else self._view("loss_weight", shape, torch.float32, dev),
-            cu_seqlens=self._view("cu_seqlens", (nv * B + 1,), torch.int32, dev),
-            rates=self._view("rates", (S, 2), torch.float64, dev),
-            sigma=self._view("sigma", (S,), torch.float32, dev),
+            noisy_ids=self.buffer("noisy_ids", shape, input_ids.dtype, dev),
+            labels=self.buffer("labels", shape, torch.int64, dev),
+            masked=self.buffer("masked", shape, torch.bool, dev),
+            loss_weight=None if loss_weight is None else self.buffer("loss_weight", shape, torch.float32, dev),
+            cu_seqlens=self.buffer("cu_seqlens", (nv * B + 1,), torch.int32, dev),
+            rates=self.buffer("rates", (S, 2), torch.float64, dev),
+            sigma=self.buffer("sigma", (S,), torch.float32, dev),
         )
 
     def nbytes(self) -> int:

@@ -122,3 +122,28 @@ def test_masker_prompt_lens_equals_the_maskable_it_stands_for(padded, complement
     assert torch.equal(a.maskable, m.repeat((2 if complementary else 1,) + (1,) * (m.dim() - 1)))
     with pytest.raises(ValueError, match="^prompt_lens: prompt_lens\\[2\\] = 40 is longer"):
         mk()(ids, prompt_lens=torch.tensor([2, 0, 40, 1, 0]), priority=prio, **kw)
+
+
+@pytest.mark.parametrize("mask_kw", [dict(), dict(sigma_per_block=False, loss_weight=None),
+                                     dict(complementary=False, sampling="exact", block_size=4),
+                                     dict(priority="none", loss_weight="token")])
+def test_mask_batch_with_a_pool_is_the_same_batch(mask_kw):
+    """The loop's step masking (one pool per micro-batch slot) gives the batches it gave without."""
+    from dllm_masks.data.collate import MaskConfig, mask_batch
+    from dllm_masks.data.pack import PackedBatch
+
+    cfg = MaskConfig(**mask_kw)
+    pool = dm.OutputPool()
+    ptrs = []
+    for step, lens in enumerate([[40, 9, 33], [5, 1], [70, 31, 0, 2], [40, 9, 33]]):
+        ids, cu, prio = _packed(lens, step)
+        B = len(lens)
+        pb = PackedBatch(input_ids=ids, cu_seqlens=cu, prompt_lens=torch.tensor([min(3, n) for n in lens]),
+                         priority=prio, sample_ids=torch.arange(B) + 10 * step, indices=torch.arange(B))
+        a = mask_batch(pb, cfg, mask_token_id=MASK, seed=step)
+        b = mask_batch(pb, cfg, mask_token_id=MASK, seed=step, pool=pool)
+        for name, x in vars(a).items():
+            y = getattr(b, name)
+            assert (torch.equal(x, y) and x.dtype == y.dtype) if isinstance(x, torch.Tensor) else x == y, name
+        ptrs.append(b.input_ids.data_ptr())
+    assert ptrs[0] == ptrs[1] and ptrs[3] in ptrs[2:]  # the same memory, regrown at most once

@@ -10,6 +10,7 @@ from typing import List, Optional, Sequence
 import torch
 
 from .. import validation
+from ..buffers import OutputPool
 from ..ops import priority_mask
 from ..schedules import STREAM_SIGMA, keyed_sigma
 from .pack import PackedBatch, StepPlan, pack
@@ -189,7 +190,8 @@ class TrainBatch:
 
 
 def mask_batch(batch: PackedBatch, cfg: MaskConfig, *, mask_token_id: int, seed: int,
-               device=None, backend: Optional[str] = None, importance: Optional[torch.Tensor] = None) -> TrainBatch:
+               device=None, backend: Optional[str] = None, importance: Optional[torch.Tensor] = None,
+               pool: Optional[OutputPool] = None) -> TrainBatch:
     """Noise one packed batch with complementary priority masking.
 
     Parameters
@@ -207,6 +209,10 @@ def mask_batch(batch: PackedBatch, cfg: MaskConfig, *, mask_token_id: int, seed:
         Per-token weights of a model source (``cfg.priority`` in ``"loss"``, ``"confidence"``,
         ``"mix"``; required there, refused otherwise), from
         :class:`dllm_masks.train.importance.Importance`: the op's float priority (weight 1.0).
+    pool : OutputPool, optional
+        Write the op's outputs and the model input into this pool's reused buffers (no
+        allocation once grown): the result is then overwritten by the next call with the same
+        pool, so use one pool per micro-batch of a step, and never across a DataLoader queue.
 
     Returns
     -------
@@ -233,17 +239,33 @@ def mask_batch(batch: PackedBatch, cfg: MaskConfig, *, mask_token_id: int, seed:
     K = cfg.block_size if cfg.sigma_per_block else None
     sigma = keyed_sigma(batch.sample_ids, batch.cu_seqlens, low=cfg.sigma_low, high=cfg.sigma_high, seed=seed,
                         block_size=K)
-    out = priority_mask(batch.input_ids, sigma, mask_token_id=mask_token_id, cu_seqlens=batch.cu_seqlens,
+    views = cfg.views
+    ids, bufs, model_in = batch.input_ids, None, None
+    if pool is not None:
+        # the model input [(V+1)·T]: the op writes the V noisy views into its head, the clean
+        # ids are copied behind them (no torch.cat)
+        T = ids.numel()
+        model_in = pool.buffer("model_input_ids", ((views + 1) * T,), torch.int64, ids.device)
+        bufs = pool.take(ids, cu_seqlens=batch.cu_seqlens, block_size=K, complementary=cfg.complementary,
+                         loss_weight=cfg.loss_weight, num_segments=sigma.numel())
+        if ids.dtype == torch.int64:
+            bufs = bufs._replace(noisy_ids=model_in[:views * T])
+    out = priority_mask(ids, sigma, mask_token_id=mask_token_id, cu_seqlens=batch.cu_seqlens,
                         prompt_lens=batch.prompt_lens, priority=priority, weight=weight,
                         sampling=cfg.sampling, complementary=cfg.complementary, block_size=K, seed=seed,
-                        sample_ids=batch.sample_ids, loss_weight=cfg.loss_weight, backend=backend)
-    views = cfg.views
+                        sample_ids=batch.sample_ids, loss_weight=cfg.loss_weight, backend=backend, out=bufs)
+    if model_in is None:
+        model_in = torch.cat([out.noisy_ids.to(torch.int64), ids])
+    else:
+        if out.noisy_ids.data_ptr() != model_in.data_ptr():
+            model_in[:views * T].copy_(out.noisy_ids)
+        model_in[views * T:].copy_(ids)
     lw = out.loss_weight if out.loss_weight is not None else out.masked.to(torch.float32)
     lens = (batch.cu_seqlens[1:] - batch.cu_seqlens[:-1]).to(torch.int64)
     maskable = (lens - batch.prompt_lens).repeat(views)
     seq = torch.repeat_interleave(torch.arange(views * batch.num_seqs, device=lens.device), lens.repeat(views))
     return TrainBatch(
-        input_ids=torch.cat([out.noisy_ids.to(torch.int64), batch.input_ids]),
+        input_ids=model_in,
         cu_seqlens=batch.cu_seqlens,
         labels=out.labels,
         loss_weight=lw,

@@ -17,12 +17,13 @@ import math
 import os
 import time
 from contextlib import nullcontext
-from dataclasses import dataclass, replace
-from typing import Callable, Optional, Sequence
+from dataclasses import dataclass, field, replace
+from typing import Callable, List, Optional, Sequence
 
 import torch
 import torch.distributed as dist
 
+from ..buffers import OutputPool
 from ..data.collate import MaskConfig, StepDataset, TrainBatch, mask_batch
 from ..data.dataset import SFTData, build_data
 from ..data.pack import StepPlan, pack
@@ -305,6 +306,7 @@ class _Run:
     t_wall: float = 0.0  # perf_counter() when train() was called
     last_path: Optional[str] = None  # the newest checkpoint written
     tokens: int = 0  # tokens trained on by this call
+    pools: List[OutputPool] = field(default_factory=list)  # mask.device="step": a micro-batch slot's buffers
 
 
 def _build_model_and_optimizer(cfg: TrainConfig, data: SFTData, device):
@@ -418,8 +420,11 @@ def _step(run: _Run, step: int, micro: list) -> dict:
     if imp is not None:
         imp.begin_step(step, micro, run.model, lambda m, b: _forward(m, b, cfg, device, cfg.mask.block_size))
     if cfg.mask.device == "step":
+        while len(run.pools) < len(micro):  # reused output buffers, one pool per micro-batch slot
+            run.pools.append(OutputPool())
         micro = [mask_batch(b, cfg.mask, mask_token_id=mask_id, seed=cfg.seed, device=device,
-                            importance=imp.weights(b) if imp is not None else None) for b in micro]
+                            importance=imp.weights(b) if imp is not None else None, pool=pool)
+                 for b, pool in zip(micro, run.pools)]
     else:
         micro = [b.to(device, non_blocking=True) for b in micro]
     lr = lr_at(step, cfg)
