@@ -147,3 +147,11 @@ def test_mask_batch_with_a_pool_is_the_same_batch(mask_kw):
             assert (torch.equal(x, y) and x.dtype == y.dtype) if isinstance(x, torch.Tensor) else x == y, name
         ptrs.append(b.input_ids.data_ptr())
     assert ptrs[0] == ptrs[1] and ptrs[3] in ptrs[2:]  # the same memory, regrown at most once
+
+
+@pytest.mark.parametrize("value", ["yes", 1, None])
+def test_mask_config_sigma_per_block_is_type_checked(value):
+    from dllm_masks.data.collate import MaskConfig
+
+    with pytest.raises(TypeError, match="^mask.sigma_per_block"):
+        MaskConfig(sigma_per_block=value)

@@ -100,6 +100,7 @@ class MaskConfig:
     def __post_init__(self):
         validation.check_weight(self.weight)
         self.complementary = validation.check_bool("mask.complementary", self.complementary)
+        self.sigma_per_block = validation.check_bool("mask.sigma_per_block", self.sigma_per_block)
         for name in ("sigma_low", "sigma_high"):
             x = getattr(self, name)
             if isinstance(x, bool) or not isinstance(x, (int, float)) or not 0.0 <= x <= 1.0:
