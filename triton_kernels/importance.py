@@ -121,10 +121,11 @@ def _flat_tokens(qb, jlo, jhi, cu_b, plen_b, mk_ptr, w_ptr,
 @triton.jit
 def _digit_hist(dig, on, mant, bins):
     """Counts and significand sums (int64 [256]) of the digits ``dig`` of the tokens ``on``
-    (one-hot reduction; the int32 partial sums hold HB · 2^24 < 2^31)."""
-    oh = (dig[:, None] == bins[None, :]) & on[:, None]
-    c = tl.sum(oh.to(tl.int32), axis=0).to(tl.int64)
-    m = tl.sum(tl.where(oh, mant.to(tl.int32)[:, None], 0), axis=0).to(tl.int64)
+    (one-hot reduction; the int32 partial sums hold HB · 2^24 < 2^31). Bins × tokens, tokens
+    along the fast axis: the tile's tokens are spread over the threads, not each read by all."""
+    oh = (dig[None, :] == bins[:, None]) & on[None, :]
+    c = tl.sum(oh.to(tl.int32), axis=1).to(tl.int64)
+    m = tl.sum(tl.where(oh, mant.to(tl.int32)[None, :], 0), axis=1).to(tl.int64)
     return c, m
 
 
@@ -390,10 +391,12 @@ def _weights_kernel(
     ids_ptr, cu_ptr, segstart_ptr, segseq_ptr, sigma_ptr, w_ptr, mk_ptr, plen_ptr, sid_ptr, rng_ptr,
     noisy_ptr, masked_ptr, labels_ptr, lw_ptr, rates_ptr,
     T, sigma_stride, has_sid, lw_mode, mask_id,
-    G: tl.constexpr, HB: tl.constexpr, SEG_IS_SEQ: tl.constexpr, HAS_MASKABLE: tl.constexpr,
+    G: tl.constexpr, GS: tl.constexpr, HB: tl.constexpr, SEG_IS_SEQ: tl.constexpr, HAS_MASKABLE: tl.constexpr,
     HAS_PROMPT: tl.constexpr, EXACT: tl.constexpr, COMPLEMENT: tl.constexpr, HAS_LW: tl.constexpr,
 ):
-    """Program s: segment s, whole (statistics, solve, selection, both views, its rates)."""
+    """Program s: segment s, whole (statistics, solve, selection, both views, its rates). Tiles of
+    G Philox groups (the write and line passes), GS groups (the two-level radix select, whose
+    one-hot matrices are 2 × 4·GS × 16) and HB tokens (the histogram passes)."""
     s = tl.program_id(0).to(tl.int64)
     seg_lo, seg_hi, b, cu_b, _, _ = _segment(s, segstart_ptr, segseq_ptr, cu_ptr, 1, SEG_IS_SEQ)
     plen_b = 0
@@ -476,7 +479,7 @@ def _weights_kernel(
         if two:
             kk0, kk1 = _exact_counts(n, n1, s64, q1b)
             c0, c1 = _two_level_cuts(jlo, jhi, cu_b, plen_b, mk_ptr, w_ptr, other, key_lo, key_hi, k0, k1, kk0, kk1,
-                                     n - n1, n1, G, HAS_MASKABLE, HAS_PROMPT)
+                                     n - n1, n1, GS, HAS_MASKABLE, HAS_PROMPT)
         else:
             # V: the stream-1 draw of the segment's first position.
             quad0 = (jlo >> 2) + tl.zeros([1], tl.int64)
@@ -545,10 +548,11 @@ class WeightsLaunchSettings(NamedTuple):
 
 
 def weights_launch_settings(block_size: int) -> WeightsLaunchSettings:
-    """Per sequence: 1024-token tiles; per block: one tile holding a block that starts mid Philox
-    group (K + 3 positions, at least 64), up to 1024. Histogram steps of 64 tokens."""
+    """Per sequence: 1024-token tiles and histogram steps of 64 tokens; per block: one tile holding
+    a block that starts mid Philox group (K + 3 positions, at least 64), up to 1024, and
+    histogram steps of 16 tokens (one-hot matrices of 256 × 16 for the fewer threads)."""
     tile = 1024 if block_size <= 0 else min(1024, max(64, triton.next_power_of_2(block_size + 3)))
-    return WeightsLaunchSettings(tile, 64, max(2, min(8, tile // 128)))
+    return WeightsLaunchSettings(tile, 64 if block_size <= 0 else 16, max(2, min(8, tile // 128)))
 
 
 def priority_mask_weights_triton(input_ids, cu_seqlens, sigma, priority, maskable, prompt_lens, sample_ids, rng,
@@ -591,7 +595,7 @@ def priority_mask_weights_triton_out(input_ids, cu_seqlens, sigma, priority, mas
                           noisy, masked, labels, loss_weight if loss_weight_mode else dummy, rates,
                           T, 0 if sig.numel() == 1 else 1, int(sample_ids is not None), int(loss_weight_mode),
                           int(mask_token_id),
-                          G=st.tile // 4, HB=st.hist, SEG_IS_SEQ=K == 0, HAS_MASKABLE=maskable is not None,
+                          G=st.tile // 4, GS=min(st.tile // 4, 64), HB=st.hist, SEG_IS_SEQ=K == 0, HAS_MASKABLE=maskable is not None,
                           HAS_PROMPT=prompt_lens is not None, EXACT=bool(exact), COMPLEMENT=bool(complementary),
                           HAS_LW=bool(loss_weight_mode), num_warps=st.num_warps, enable_fp_fusion=False)
     return None
@@ -636,7 +640,7 @@ def compile_weights_specialization(arch: int = 90, *, exact: bool = False, block
 
     fn = _weights_kernel
     st = settings or weights_launch_settings(block_size)
-    const = dict(G=st.tile // 4, HB=st.hist, SEG_IS_SEQ=block_size == 0, HAS_MASKABLE=has_maskable,
+    const = dict(G=st.tile // 4, GS=min(st.tile // 4, 64), HB=st.hist, SEG_IS_SEQ=block_size == 0, HAS_MASKABLE=has_maskable,
                  HAS_PROMPT=has_prompt, EXACT=exact, COMPLEMENT=complementary, HAS_LW=loss_weight)
     seg = "*i32" if block_size == 0 else "*i64"
     ids = {torch.int32: "*i32", torch.int64: "*i64"}[ids_dtype]
