@@ -112,6 +112,20 @@ def test_random_cases(kw, kind, seed, maskable):
     _check(kw, kind)
 
 
+# Tiny tiles: segments over many tiles (the prefix sums of the exact mode carried across tiles,
+# the histograms and the radix select summed over tiles), blocks starting mid Philox group.
+@settings(max_examples=20, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(kw=random_cases(max_len=70, max_seqs=3), kind=st.sampled_from(IMPORTANCE_KINDS), seed=st.integers(0, 2**16))
+def test_random_cases_tiny_tiles(kw, kind, seed):
+    T = kw["input_ids"].numel()
+    kw = dict(kw, priority=importance_weights(T, torch.Generator().manual_seed(seed), kind), weight=1.0)
+    ref = dm.priority_mask(**kw, backend="ref")
+    call = ops.normalize(**_to(kw, DEVICE))
+    got = ops.wrap(tw.priority_mask_weights_triton(*tuple(call.args), settings=tw.WeightsLaunchSettings(8, 4, 1)),
+                   call)
+    assert_same(ref, got, kind)
+
+
 @settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(kw=padded_cases(), kind=st.sampled_from(IMPORTANCE_KINDS), seed=st.integers(0, 2**16))
 def test_padded_cases(kw, kind, seed):
