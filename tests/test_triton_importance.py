@@ -19,8 +19,8 @@ from hypothesis import strategies as st  # noqa: E402
 
 import dllm_masks as dm  # noqa: E402
 from dllm_masks import ops  # noqa: E402
-from dllm_masks.testing import (AWKWARD, IMPORTANCE_KINDS, assert_same, importance_weights,  # noqa: E402
-                                packed_case, padded_cases, random_cases)
+from dllm_masks.testing import (AWKWARD, IMPORTANCE_KINDS, assert_same, capture_graph,  # noqa: E402
+                                importance_weights, packed_case, padded_cases, random_cases)
 
 INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
 CUDA = torch.cuda.is_available()
@@ -32,6 +32,7 @@ pytestmark = [
     # the boolean kernel, compared with here, evaluates 1/q on scalars where q = 0 under the interpreter
     pytest.mark.filterwarnings("ignore:divide by zero:RuntimeWarning"),
 ]
+gpu_only = pytest.mark.skipif(not (CUDA and not INTERPRET), reason="needs CUDA with TRITON_INTERPRET unset")
 
 if DEVICE is not None:
     import triton.language as tl
@@ -276,3 +277,53 @@ def test_ptx_float64_is_fma_free_and_div_rn():
         assert not [op for op in found if op.startswith("fma")], f"{name}: fused multiply-add in float64: {found}"
         assert not [op for op in found if op.startswith("div") and op != "div.rn.f64"], f"{name}: {found}"
         assert found.get("div.rn.f64", 0) > 0 and found.get("mul.rn.f64", 0) > 0, f"{name}: {found}"
+
+
+# --------------------------------------------------------------------------------------------
+# GPU only: the dispatcher, no host sync, CUDA graphs
+# --------------------------------------------------------------------------------------------
+def _graph_args(lengths, block_size=None, sampling="bernoulli"):
+    kw = _case(lengths, 21, "graded", complementary=True, loss_weight="token", block_size=block_size,
+               sampling=sampling)
+    dev = _to(kw, "cuda")
+    dev["seed"] = torch.tensor(5, dtype=torch.int64, device="cuda")
+    dev["seq_offset"] = torch.tensor(0, dtype=torch.int64, device="cuda")
+    return kw, dev
+
+
+@gpu_only
+def test_cuda_dispatcher_serves_the_weights_kernel():
+    kw = _case([100, 33, 0, 4097], 2, "graded", complementary=True, loss_weight="token")
+    assert_same(dm.priority_mask(**kw, backend="ref"), dm.priority_mask(**_to(kw, "cuda")), "dispatcher on CUDA")
+
+
+@gpu_only
+@pytest.mark.parametrize("block_size", [None, 32])
+@pytest.mark.parametrize("sampling", ["bernoulli", "exact"])
+def test_no_host_sync_with_validate_false(block_size, sampling):
+    kw, dev = _graph_args([2048, 100, 4097], block_size, sampling)
+    dm.priority_mask(**dev, validate=False)  # compile first
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        dm.priority_mask(**dev, validate=False)
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+
+
+@gpu_only
+@pytest.mark.parametrize("block_size", [None, 32])
+@pytest.mark.parametrize("sampling", ["bernoulli", "exact"])
+def test_cuda_graph_replay_draws_fresh_numbers(block_size, sampling):
+    kw, dev = _graph_args([2048, 100, 0, 4097, 5], block_size, sampling)
+    replay, out = capture_graph(lambda: dm.priority_mask(**dev, validate=False))
+    seen = []
+    for seed, off in ((5, 0), (6, 0), (5, 7)):
+        dev["seed"].fill_(seed)
+        dev["seq_offset"].fill_(off)
+        replay()
+        torch.cuda.synchronize()
+        assert_same(dm.priority_mask(**dict(kw, seed=seed, seq_offset=off), backend="ref"), out,
+                    f"replay seed={seed} offset={off}")
+        seen.append(out.masked.clone())
+    assert not torch.equal(seen[0], seen[1]) and not torch.equal(seen[0], seen[2])
