@@ -160,7 +160,7 @@ def _water_fill(cnt, msum, e_lo, e_hi, P, K, jlo, jhi, cu_b, plen_b, mk_ptr, w_p
     U = e_lo * 0 + PINF_BITS
     A = P * 0
     W = acc
-    refine = A != A
+    refine = P < 0  # False (a tensor: the loop below carries it)
     lo = A
     hi = A
     ebk = A
@@ -173,7 +173,7 @@ def _water_fill(cnt, msum, e_lo, e_hi, P, K, jlo, jhi, cu_b, plen_b, mk_ptr, w_p
             A = _at(a_lo, bins, first)
             W = _at(f_excl, bins, first)
         else:
-            refine = A == A
+            refine = P >= 0  # True
             lo = first << 23
             hi = (first + 1) << 23
             ebk = first
@@ -205,7 +205,7 @@ def _water_fill(cnt, msum, e_lo, e_hi, P, K, jlo, jhi, cu_b, plen_b, mk_ptr, w_p
         L = _test(d_lo, K, da_lo, w_lo)
         Ut = _test(d_hi, K, da_hi, w_hi)
         first = tl.min(tl.where((c > 0) & (L | Ut), bins, 256))
-        refine = first != first
+        refine = P < 0
         if first == 256:  # no digit stops: the gap above the last non-empty one
             U = hi
             A = ahi
@@ -219,7 +219,7 @@ def _water_fill(cnt, msum, e_lo, e_hi, P, K, jlo, jhi, cu_b, plen_b, mk_ptr, w_p
             A = _at(da_hi, bins, first)
             W = _at(w_hi, bins, first)
         else:
-            refine = first == first
+            refine = P >= 0
             mlow = mlow + _at(mbelow, bins, first)
             ahi = _at(da_hi, bins, first)
             lo = _at(d_lo, bins, first)
