@@ -175,6 +175,33 @@ random_cases = st.composite(_random_cases) if st is not None else None
 padded_cases = st.composite(_padded_cases) if st is not None else None
 
 
+def triton_device():
+    """Where the Triton kernels' tests run: "cpu" under ``TRITON_INTERPRET=1`` (Triton's
+    interpreter), "cuda" on a machine with CUDA and the interpreter unset, else None."""
+    import os
+
+    if os.environ.get("TRITON_INTERPRET") == "1":
+        return "cpu"
+    return "cuda" if torch.cuda.is_available() else None
+
+
+def to_device(kw: dict, device) -> dict:
+    """The keyword arguments ``kw`` with every tensor moved to ``device``."""
+    return {k: (v.to(device) if isinstance(v, torch.Tensor) else v) for k, v in kw.items()}
+
+
+def assert_no_host_sync(fn):
+    """Call ``fn`` once to compile, then again under ``torch.cuda.set_sync_debug_mode("error")``:
+    raises if the second call synchronizes with the host."""
+    fn()
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        fn()
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+
+
 def capture_graph(fn):
     """(replay, outputs) of ``fn`` captured in a CUDA graph after two warm-up calls on a side stream."""
     side = torch.cuda.Stream()

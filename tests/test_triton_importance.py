@@ -7,8 +7,6 @@ interpreter; on a machine with CUDA and the interpreter unset, on the GPU. The r
 runs on the CPU. The interpreter is slow (about a second per 1e5 tokens and a few milliseconds
 per program), so the cases are small.
 """
-import os
-
 import pytest
 import torch
 
@@ -18,20 +16,18 @@ from hypothesis import strategies as st  # noqa: E402
 
 import dllm_masks as dm  # noqa: E402
 from dllm_masks import ops  # noqa: E402
-from dllm_masks.testing import (AWKWARD, IMPORTANCE_KINDS, assert_same, capture_graph,  # noqa: E402
-                                importance_weights, packed_case, padded_cases, random_cases)
+from dllm_masks.testing import (AWKWARD, IMPORTANCE_KINDS, assert_no_host_sync, assert_same, capture_graph,  # noqa: E402
+                                importance_weights, packed_case, padded_cases, random_cases, to_device,
+                                triton_device)
 
-INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
-CUDA = torch.cuda.is_available()
-DEVICE = "cpu" if INTERPRET else ("cuda" if CUDA else None)
+DEVICE = triton_device()
 F32 = torch.float32
-
+gpu_only = pytest.mark.skipif(DEVICE != "cuda", reason="needs CUDA with TRITON_INTERPRET unset")
 pytestmark = [
     pytest.mark.skipif(DEVICE is None, reason="needs TRITON_INTERPRET=1 (CPU) or a CUDA device"),
     # the boolean kernel, compared with here, evaluates 1/q on scalars where q = 0 under the interpreter
     pytest.mark.filterwarnings("ignore:divide by zero:RuntimeWarning"),
 ]
-gpu_only = pytest.mark.skipif(not (CUDA and not INTERPRET), reason="needs CUDA with TRITON_INTERPRET unset")
 
 if DEVICE is not None:
     import triton.language as tl
@@ -62,14 +58,10 @@ if DEVICE is not None:
             qb += G
 
 
-def _to(kw, device):
-    return {k: (v.to(device) if isinstance(v, torch.Tensor) else v) for k, v in kw.items()}
-
-
 def _check(kw, what=""):
     """Triton on DEVICE equals the reference on the CPU, every output bit for bit."""
     ref = dm.priority_mask(**kw, backend="ref")
-    got = dm.priority_mask(**_to(kw, DEVICE), backend="triton")
+    got = dm.priority_mask(**to_device(kw, DEVICE), backend="triton")
     assert_same(ref, got, what)
     return got
 
@@ -120,7 +112,7 @@ def test_random_cases_tiny_tiles(kw, kind, seed):
     T = kw["input_ids"].numel()
     kw = dict(kw, priority=importance_weights(T, torch.Generator().manual_seed(seed), kind), weight=1.0)
     ref = dm.priority_mask(**kw, backend="ref")
-    call = ops.normalize(**_to(kw, DEVICE))
+    call = ops.normalize(**to_device(kw, DEVICE))
     got = ops.wrap(tw.priority_mask_weights_triton(*tuple(call.args), settings=tw.WeightsLaunchSettings(8, 4, 1)),
                    call)
     assert_same(ref, got, kind)
@@ -175,9 +167,10 @@ def test_boolean_equals_two_level_weights_on_triton():
     """A boolean priority with weight=w and float weights {1, w} give the same outputs (docs/importance.md §2)."""
     kw = packed_case([5, 0, 1, 31, 33, 3], seed=1, complementary=True, loss_weight="token", weight=5.0)
     for sampling in ("bernoulli", "exact"):
-        a = dm.priority_mask(**_to(dict(kw, sampling=sampling), DEVICE), backend="triton")
+        a = dm.priority_mask(**to_device(dict(kw, sampling=sampling), DEVICE), backend="triton")
         wf = torch.where(kw["priority"], torch.tensor(5.0), torch.tensor(1.0)).to(F32)
-        b = dm.priority_mask(**_to(dict(kw, sampling=sampling, priority=wf, weight=1.0), DEVICE), backend="triton")
+        b = dm.priority_mask(**to_device(dict(kw, sampling=sampling, priority=wf, weight=1.0), DEVICE),
+                             backend="triton")
         assert_same(a, b, sampling)
 
 
@@ -211,7 +204,8 @@ def test_gap_tokens(kind, sigma, V, extra):
     assert gap == (1 if V > 2**31 else 0) + extra, f"gap tokens: {gap}"  # the case exercises what it is for
     got = torch.zeros(L, dtype=torch.bool, device=DEVICE)
     bits = [int(torch.tensor([x], dtype=torch.float64).view(torch.int64)) for x in (q0, qz)]
-    _systematic_kernel[(1,)](w.to(DEVICE).view(torch.int32), got, L, int(U), bits[0], bits[1], int(sat), V, int(k) + extra, G=4)
+    _systematic_kernel[(1,)](w.to(DEVICE).view(torch.int32), got, L, int(U), bits[0], bits[1], int(sat), V,
+                             int(k) + extra, G=4)
     assert torch.equal(got.cpu(), want)
     assert int(want.sum()) == min(int(k) + extra, L)
 
@@ -223,7 +217,7 @@ def test_op_cuda_entry_routes_float_weights_to_the_weights_kernel():
     """The op's registered CUDA implementation sends float32 priority to this kernel (and a
     boolean one to the boolean kernel), in both the functional and the out= variant."""
     kw = _case([5, 0, 33], 3, "graded", sampling="exact", complementary=True, loss_weight="token")
-    args = ops.normalize(**_to(kw, DEVICE)).args
+    args = ops.normalize(**to_device(kw, DEVICE)).args
     ref = ops.normalize(**kw).args
     want = dm.reference.priority_mask_ref(*ref)
     for x, y in zip(tw.priority_mask_cuda(*args), want):
@@ -237,13 +231,13 @@ def test_op_cuda_entry_routes_float_weights_to_the_weights_kernel():
 def test_out_variant_and_seed_sensitivity():
     kw = _case([40, 3, 17], 5, "graded", complementary=True, loss_weight="token")
     ref = dm.priority_mask(**kw, backend="ref")
-    dev = _to(kw, DEVICE)
+    dev = to_device(kw, DEVICE)
     got = dm.priority_mask(**dev, backend="triton")
     assert_same(ref, got, "functional")
     out = dm.empty_masked_batch(dev["input_ids"], cu_seqlens=dev["cu_seqlens"], complementary=True,
                                 loss_weight="token")
     assert_same(ref, dm.priority_mask(**dev, backend="triton", out=out), "out=")
-    other = dm.priority_mask(**_to(dict(kw, seed=kw["seed"] + 1), DEVICE), backend="triton")
+    other = dm.priority_mask(**to_device(dict(kw, seed=kw["seed"] + 1), DEVICE), backend="triton")
     assert not torch.equal(got.masked, other.masked)
 
 
@@ -252,6 +246,7 @@ def test_out_variant_and_seed_sensitivity():
 # --------------------------------------------------------------------------------------------
 def test_ptx_float64_is_fma_free_and_div_rn():
     import json
+    import os
     import subprocess
     import sys
     from pathlib import Path
@@ -284,7 +279,7 @@ def test_ptx_float64_is_fma_free_and_div_rn():
 def _graph_args(lengths, block_size=None, sampling="bernoulli"):
     kw = _case(lengths, 21, "graded", complementary=True, loss_weight="token", block_size=block_size,
                sampling=sampling)
-    dev = _to(kw, "cuda")
+    dev = to_device(kw, "cuda")
     dev["seed"] = torch.tensor(5, dtype=torch.int64, device="cuda")
     dev["seq_offset"] = torch.tensor(0, dtype=torch.int64, device="cuda")
     return kw, dev
@@ -293,7 +288,7 @@ def _graph_args(lengths, block_size=None, sampling="bernoulli"):
 @gpu_only
 def test_cuda_dispatcher_serves_the_weights_kernel():
     kw = _case([100, 33, 0, 4097], 2, "graded", complementary=True, loss_weight="token")
-    assert_same(dm.priority_mask(**kw, backend="ref"), dm.priority_mask(**_to(kw, "cuda")), "dispatcher on CUDA")
+    assert_same(dm.priority_mask(**kw, backend="ref"), dm.priority_mask(**to_device(kw, "cuda")), "dispatcher on CUDA")
 
 
 @gpu_only
@@ -301,13 +296,7 @@ def test_cuda_dispatcher_serves_the_weights_kernel():
 @pytest.mark.parametrize("sampling", ["bernoulli", "exact"])
 def test_no_host_sync_with_validate_false(block_size, sampling):
     _, dev = _graph_args([2048, 100, 4097], block_size, sampling)
-    dm.priority_mask(**dev, validate=False)  # compile first
-    torch.cuda.synchronize()
-    torch.cuda.set_sync_debug_mode("error")
-    try:
-        dm.priority_mask(**dev, validate=False)
-    finally:
-        torch.cuda.set_sync_debug_mode("default")
+    assert_no_host_sync(lambda: dm.priority_mask(**dev, validate=False))
 
 
 @gpu_only
