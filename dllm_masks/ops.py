@@ -93,19 +93,23 @@ if _cpp is None:
     log.debug("dllm_masks: C++ extension not loaded (%s); CPU tensors use the reference", _cpp_error)
 
 _triton = None
+_triton_weights = None  # the float32 importance-weights kernel (docs/importance.md)
 _triton_error: Optional[str] = None
 
 
 def _load_triton():
     """Import the Triton kernels (and register them for CUDA) on first need."""
-    global _triton, _triton_error
+    global _triton, _triton_weights, _triton_error
     if _triton is None and _triton_error is None:
         try:
+            from .triton_kernels import importance as tw
             from .triton_kernels import priority_mask as tk
 
-            _lib.impl("priority_mask", tk.priority_mask_triton, "CUDA")
-            _lib.impl("priority_mask.out", tk.priority_mask_triton_out, "CUDA")
+            # bool priority to tk's kernel, float32 importance weights to tw's
+            _lib.impl("priority_mask", tw.priority_mask_cuda, "CUDA")
+            _lib.impl("priority_mask.out", tw.priority_mask_cuda_out, "CUDA")
             _triton = tk
+            _triton_weights = tw
         except Exception as e:  # noqa: BLE001
             _triton_error = f"{type(e).__name__}: {e}"
             log.debug("dllm_masks: Triton kernels not loaded (%s); CUDA tensors use the reference", _triton_error)
@@ -138,16 +142,11 @@ def kernel_for(backend: Optional[str], device: torch.device, out: bool = False, 
     the out-variant: the same, plus the buffers as keywords ``noisy, masked, labels,
     loss_weight, rates`` (see :data:`OUT_NAMES`); it writes them and returns None.
 
-    ``weighted``: the call has float32 importance weights (docs/importance.md), which the
-    Triton kernels do not implement yet: on CUDA the dispatcher serves them with the reference,
-    and a forced ``"triton"`` is refused."""
+    ``weighted``: the call has float32 importance weights (docs/importance.md); on CUDA they are
+    served by their own Triton kernel (or by the reference where Triton cannot load)."""
     if weighted:
         forced = backend if backend is not None else (os.environ.get("DLLM_MASKS_BACKEND") or None)
-        name = "backend" if backend is not None else "DLLM_MASKS_BACKEND"
-        if forced == "triton":
-            raise ValueError(f"{name}: 'triton' does not implement float32 priority (importance weights) yet; "
-                             "use backend='ref' (or 'cpp' on CPU tensors)")
-        if forced is None and device.type != "cpu":
+        if forced is None and device.type != "cpu" and _load_triton() is None:
             if not torch.compiler.is_compiling():
                 _announce("ref (float32 priority)", device.type)
             return priority_mask_ref_out if out else priority_mask_ref
@@ -178,7 +177,10 @@ def kernel_for(backend: Optional[str], device: torch.device, out: bool = False, 
                 raise RuntimeError(f"{name}: 'triton' requested but the Triton kernels could not load ({_triton_error})")
             if device.type == "cpu" and os.environ.get("TRITON_INTERPRET") != "1":
                 raise ValueError(f"{name}: 'triton' on CPU tensors needs TRITON_INTERPRET=1 set before import")
-            fn = _triton.priority_mask_triton_out if out else _triton.priority_mask_triton
+            if weighted:
+                fn = _triton_weights.priority_mask_weights_triton_out if out else _triton_weights.priority_mask_weights_triton
+            else:
+                fn = _triton.priority_mask_triton_out if out else _triton.priority_mask_triton
     if not torch.compiler.is_compiling():
         _announce(served, device.type)
     return fn

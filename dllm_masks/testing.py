@@ -147,8 +147,59 @@ def _padded_cases(draw):
     )
 
 
+# Float32 importance weights (docs/importance.md): values that stress the solve (zeros, 1e30,
+# denormals down to the smallest, the largest finite float) and the kinds of weight vectors.
+IMPORTANCE_SPECIAL = torch.tensor([0.0, 1.0, 2.0, 1e30, 1e-30, 1e-42, 1.4e-45, 3.0, 0.5, 7.25, 1e10, 3.4e38],
+                                  dtype=torch.float32)
+IMPORTANCE_KINDS = ("graded", "special", "ties", "two", "one")
+
+
+def importance_weights(T: int, g: torch.Generator, kind: str) -> torch.Tensor:
+    """float32 [T] weights of a kind: "graded" (uniform in [0, 4) with 10 % zeros and 5 % 1e30),
+    "special" (drawn from IMPORTANCE_SPECIAL), "ties" (four values, 0 included), "two" (1 and 5:
+    the boolean op's two levels), "one" (all 2.5)."""
+    if kind == "graded":
+        w = torch.rand(T, generator=g) * 4
+        w = torch.where(torch.rand(T, generator=g) < 0.1, torch.zeros(()), w)
+        return torch.where(torch.rand(T, generator=g) < 0.05, torch.tensor(1e30), w).to(torch.float32)
+    if kind == "special":
+        return IMPORTANCE_SPECIAL[torch.randint(0, IMPORTANCE_SPECIAL.numel(), (T,), generator=g)]
+    if kind == "ties":
+        return torch.randint(0, 4, (T,), generator=g).to(torch.float32) * 0.75
+    if kind == "two":
+        return torch.where(torch.rand(T, generator=g) < 0.3, torch.tensor(5.0), torch.tensor(1.0)).to(torch.float32)
+    return torch.full((T,), 2.5, dtype=torch.float32)
+
+
 random_cases = st.composite(_random_cases) if st is not None else None
 padded_cases = st.composite(_padded_cases) if st is not None else None
+
+
+def triton_device():
+    """Where the Triton kernels' tests run: "cpu" under ``TRITON_INTERPRET=1`` (Triton's
+    interpreter), "cuda" on a machine with CUDA and the interpreter unset, else None."""
+    import os
+
+    if os.environ.get("TRITON_INTERPRET") == "1":
+        return "cpu"
+    return "cuda" if torch.cuda.is_available() else None
+
+
+def to_device(kw: dict, device) -> dict:
+    """The keyword arguments ``kw`` with every tensor moved to ``device``."""
+    return {k: (v.to(device) if isinstance(v, torch.Tensor) else v) for k, v in kw.items()}
+
+
+def assert_no_host_sync(fn):
+    """Call ``fn`` once to compile, then again under ``torch.cuda.set_sync_debug_mode("error")``:
+    raises if the second call synchronizes with the host."""
+    fn()
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        fn()
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
 
 
 def capture_graph(fn):

@@ -197,7 +197,6 @@ def test_corner_cases():
     (dict(priority=torch.ones(4, dtype=torch.float16)), TypeError, "priority"),
     (dict(priority=torch.ones(5)), ValueError, "priority"),
     (dict(priority=torch.ones(4), weight=2.0), ValueError, "weight"),
-    (dict(priority=torch.ones(4), backend="triton"), ValueError, "backend"),
 ])
 def test_refuses_bad_weights(bad, exc, match):
     with pytest.raises(exc, match=f"^{match}"):
@@ -215,8 +214,9 @@ def test_padded_float_priority():
 
 
 def test_triton_entry_serves_float_weights_with_the_reference():
-    """The CUDA implementation of the op (Triton) has no float-weights kernel yet: it hands them to
-    the reference, so a direct op call or a compiled graph on CUDA never misreads weights as bits."""
+    """The boolean Triton kernel's entry, called directly with float weights, hands them to the
+    reference, so it never misreads weights as bits (the op's CUDA implementation sends them to
+    their own kernel: tests/test_triton_importance.py)."""
     if dm.available_backends()["triton"] is not None:
         pytest.skip(f"Triton kernels not loadable: {dm.available_backends()['triton']}")
     from dllm_masks import ops

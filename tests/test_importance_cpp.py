@@ -12,28 +12,13 @@ from hypothesis import strategies as st
 
 import dllm_masks as dm
 from dllm_masks import ops
-from dllm_masks.testing import AWKWARD, assert_same, packed_case
+from dllm_masks.testing import AWKWARD, assert_same, importance_weights, packed_case
 
 if ops._cpp is None and os.environ.get("DLLM_MASKS_REQUIRE_CPP") != "1":
     pytest.skip(f"C++ extension not built ({ops._cpp_error})", allow_module_level=True)
 
 F32 = torch.float32
-SPECIAL = torch.tensor([0.0, 1.0, 2.0, 1e30, 1e-30, 1e-42, 1.4e-45, 3.0, 0.5, 7.25, 1e10, 3.4e38], dtype=F32)
-
-
-def weights(T, g, kind):
-    """Weights of a kind: graded, with zeros and huge ones, special values, two levels, one level."""
-    if kind == "graded":
-        w = torch.rand(T, generator=g) * 4
-        w = torch.where(torch.rand(T, generator=g) < 0.1, torch.zeros(()), w)
-        return torch.where(torch.rand(T, generator=g) < 0.05, torch.tensor(1e30), w).to(F32)
-    if kind == "special":
-        return SPECIAL[torch.randint(0, SPECIAL.numel(), (T,), generator=g)]
-    if kind == "ties":
-        return torch.randint(0, 4, (T,), generator=g).to(F32) * 0.75
-    if kind == "two":
-        return torch.where(torch.rand(T, generator=g) < 0.3, torch.tensor(5.0), torch.tensor(1.0)).to(F32)
-    return torch.full((T,), 2.5, dtype=F32)
+weights = importance_weights
 
 
 def check(kw):
