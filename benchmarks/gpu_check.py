@@ -18,8 +18,10 @@ reports what it measured):
    ``ref`` (eager reference), ``compiled`` (torch.compile of the reference), ``dfactory`` (uniform
    ``rand < t`` masking), ``triton`` (the public op, eager), ``triton_out`` (the same writing into
    reused buffers, ``out=``), ``triton_graph`` (the same op
-   replayed from a CUDA graph: device time without launch gaps) and ``copy`` (a device copy of the
-   same bytes: the floor). Medians of ``triton.testing.do_bench`` (device events, L2 flushed
+   replayed from a CUDA graph: device time without launch gaps), ``triton_blocks`` and
+   ``triton_blocks_graph`` (the same two with one σ per block of 32 positions on the same tokens:
+   the run kernel, runs of whole blocks per program; checked against the reference too) and
+   ``copy`` (a device copy of the same bytes: the floor). Medians of ``triton.testing.do_bench`` (device events, L2 flushed
    between repeats); a case that would not fit the time budget is skipped and says so.
 
 ``--block-size 32`` times σ per block of 32 positions instead of per sequence (the block-diffusion
@@ -59,7 +61,9 @@ import dllm_masks as dm  # noqa: E402
 from dllm_masks.reference import priority_mask_ref  # noqa: E402
 
 SIZES = {"1M": 1 << 20, "4M": 1 << 22, "16M": 1 << 24, "64M": 1 << 26}
-PROVIDERS = ["copy", "triton", "triton_out", "triton_graph", "dfactory", "ref", "compiled"]
+PROVIDERS = ["copy", "triton", "triton_out", "triton_graph", "triton_blocks", "triton_blocks_graph", "dfactory", "ref",
+             "compiled"]
+RUN_BLOCK = 32  # the block size of the triton_blocks providers (the block-diffusion recipe)
 TARGETS = "T = 16M: >= 75 % of copy bandwidth, >= 20x eager ref, >= 3x compiled ref; T = 1M: <= 2x the copy floor"
 
 
@@ -95,7 +99,7 @@ def phase_env(dev: str, out: Path) -> dict:
     code = ("import collections, json, sys\n"
             "from dllm_masks.triton_kernels import priority_mask as tk\n"
             "res = {}\n"
-            "for kern, exact, K in (('mask', False, 0), ('mask', True, 0), ('stats', True, 0), ('mask', False, 32)):\n"
+            "for kern, exact, K in (('mask', False, 0), ('mask', True, 0), ('stats', True, 0), ('blocks', False, 32)):\n"
             f"    asm = tk.compile_for_inspection(kern, {arch}, exact=exact, block_size=K)\n"
             "    ops = collections.Counter(l.split()[0] for l in asm['ptx'].splitlines()\n"
             "                              if '.f64' in l and l.strip() and not l.strip().startswith('//'))\n"
@@ -232,15 +236,21 @@ def phase_timings(dev: str, sizes, providers, budget: Budget, record: dict, save
         nbytes = C.essential_bytes(kw)
         dkw = dict(kw, seed=torch.tensor(kw["seed"], device=dev), seq_offset=torch.tensor(0, device=dev))
         triton_fn = lambda: dm.priority_mask(**dkw, backend="triton", validate=False)  # noqa: E731
+        bkw = with_block_size(kw, RUN_BLOCK) if not block_size else kw
+        bdkw = dict(bkw, seed=dkw["seed"], seq_offset=dkw["seq_offset"])
+        blocks_fn = lambda: dm.priority_mask(**bdkw, backend="triton", validate=False)  # noqa: E731
         # one bit-equality check per size against the reference on the same device
-        if T <= (1 << 24):
+        checks = [(label, kw, triton_fn)]
+        if any(p.startswith("triton_blocks") for p in providers) and not block_size:
+            checks.append((f"{label} blocks of {RUN_BLOCK}", bkw, blocks_fn))
+        for name, ckw, fn in checks if T <= (1 << 24) else ():
             try:
-                assert_same(dm.priority_mask(**kw, backend="ref", validate=False), triton_fn(),
-                            f"T={T}: triton vs ref on {dev}")
-                record.setdefault("equal_to_ref", {})[label] = True
+                assert_same(dm.priority_mask(**ckw, backend="ref", validate=False), fn(),
+                            f"T={T}: triton vs ref on {dev} ({name})")
+                record.setdefault("equal_to_ref", {})[name] = True
             except AssertionError as e:  # keep timing; the table reports it
-                record.setdefault("equal_to_ref", {})[label] = str(e)[:500]
-                log(f"T={label}: MISMATCH {e}")
+                record.setdefault("equal_to_ref", {})[name] = str(e)[:500]
+                log(f"T={name}: MISMATCH {e}")
         for prov in providers:
             left = budget.left()
             why = None
@@ -250,7 +260,7 @@ def phase_timings(dev: str, sizes, providers, budget: Budget, record: dict, save
                 why = f"{left:.0f} s left: not enough to compile"
             elif left < 15:
                 why = "time budget spent"
-            elif prov == "triton_graph" and dev != "cuda":
+            elif prov in ("triton_graph", "triton_blocks_graph") and dev != "cuda":
                 why = "needs CUDA"
             if why:
                 skipped.append({"T": T, "provider": prov, "why": why})
@@ -270,6 +280,10 @@ def phase_timings(dev: str, sizes, providers, budget: Budget, record: dict, save
                     fn = lambda: dm.priority_mask(**dkw, backend="triton", validate=False, out=buf)  # noqa: E731
                 elif prov == "triton_graph":
                     fn = capture_graph(triton_fn)[0]
+                elif prov == "triton_blocks":
+                    fn = blocks_fn
+                elif prov == "triton_blocks_graph":
+                    fn = capture_graph(blocks_fn)[0]
                 elif prov == "ref":
                     fn = lambda: dm.priority_mask(**kw, backend="ref", validate=False)  # noqa: E731
                 elif prov == "compiled":
@@ -282,7 +296,8 @@ def phase_timings(dev: str, sizes, providers, budget: Budget, record: dict, save
                     g = torch.Generator(device=dev).manual_seed(0)
                     fn = lambda: C.dfactory_mask(kw["input_ids"], kw["sigma"], kw["prompt_lens"], kw["mask_token_id"],  # noqa: E731
                                                  generator=g)
-                row = {"T": kw["input_ids"].numel(), "size": label, "provider": prov, **bench(fn), **nbytes}
+                row = {"T": kw["input_ids"].numel(), "size": label, "provider": prov, **bench(fn),
+                       **(C.essential_bytes(bkw) if prov.startswith("triton_blocks") else nbytes)}
                 row["setup_s"] = round(time.monotonic() - t0, 1)
                 rows.append(row)
                 log(f"T={label:>4} {prov:<12} {row['median_ms']:9.3f} ms")
@@ -294,28 +309,37 @@ def phase_timings(dev: str, sizes, providers, budget: Budget, record: dict, save
                 if dev == "cuda":
                     torch.cuda.empty_cache()
         save()
-        del kw, dkw
+        del kw, dkw, bkw, bdkw
     _ratios(rows)
     return rows
 
 
 def phase_variants(dev: str, budget: Budget, T: int) -> list:
-    """Launch-setting variants of the Triton kernel at one size: data for tuning, not a target."""
+    """Launch-setting variants of the Triton kernel at one size: data for tuning, not a target.
+    σ per sequence, then σ per block of 32 (the run kernel: positions per step and warps, i.e.
+    positions per thread, and blocks per program)."""
+    from bench_priority_mask import with_block_size
     from dllm_masks.triton_kernels import priority_mask as tk
 
     bench = _timer(dev)
     kw = C.workload(T, device=dev)
-    dkw = dict(kw, seed=torch.tensor(kw["seed"], device=dev), seq_offset=torch.tensor(0, device=dev))
     out = []
-    for st in (tk.launch_settings(0), tk.LaunchSettings(512, 4096, 4), tk.LaunchSettings(256, 2048, 2),
-               tk.LaunchSettings(2048, 8192, 8), tk.LaunchSettings(1024, 4096, 8, stats_warps=4),
-               tk.LaunchSettings(1024, 2048, 8)):
+    K = RUN_BLOCK
+    for bs, st in ((None, tk.launch_settings(0)), (None, tk.LaunchSettings(512, 4096, 4)),
+                   (None, tk.LaunchSettings(256, 2048, 2)), (None, tk.LaunchSettings(2048, 8192, 8)),
+                   (None, tk.LaunchSettings(1024, 4096, 8, stats_warps=4)), (None, tk.LaunchSettings(1024, 2048, 8)),
+                   (K, tk.launch_settings(K)), (K, tk.LaunchSettings(512, K, 16, blocks_per_program=32)),
+                   (K, tk.LaunchSettings(512, K, 8, blocks_per_program=32)),
+                   (K, tk.LaunchSettings(1024, K, 8, blocks_per_program=32)),
+                   (K, tk.LaunchSettings(256, K, 8, blocks_per_program=128))):
         if budget.left() < 20:
             break
+        vkw = with_block_size(kw, bs)
+        dkw = dict(vkw, seed=torch.tensor(kw["seed"], device=dev), seq_offset=torch.tensor(0, device=dev))
         args = tuple(dm.ops.normalize(**dkw, validate=False).args)
         fn = lambda: tk.priority_mask_triton(*args, settings=st)  # noqa: E731
         fn()
-        out.append({"T": kw["input_ids"].numel(), **st._asdict(), **bench(fn)})
+        out.append({"T": kw["input_ids"].numel(), "block_size": bs, **st._asdict(), **bench(fn)})
         log(f"variant {st}: {out[-1]['median_ms']:.3f} ms")
     return out
 
@@ -351,6 +375,10 @@ def _targets(rows: list) -> dict:
     g1 = get(1 << 20, "triton_graph")
     g1f = None if g1 is None or g1.get("x_copy") is None else {"x_floor": 1.0 / g1["x_copy"]}
     res["1M time / copy floor (graph replay)"] = verdict(g1f, "x_floor", lambda v, b: v <= b, 2.0)
+    # σ per block of 32 (the run kernel), against the same copy floor and references (σ per sequence)
+    b16 = get(1 << 24, "triton_blocks")
+    res[f"16M per block of {RUN_BLOCK}: fraction of copy bandwidth"] = verdict(b16, "x_copy", lambda v, b: v >= b, 0.75)
+    res[f"16M per block of {RUN_BLOCK}: speedup vs eager ref"] = verdict(b16, "x_ref", lambda v, b: v >= b, 20.0)
     return res
 
 
@@ -363,7 +391,8 @@ def table(record: dict) -> str:
                      f"{f(r['x_copy'], '%.2f'):>7} {f(r['x_ref'], '%.1fx'):>7} {f(r['x_compiled'], '%.1fx'):>8} "
                      f"{f(r['x_dfactory'], '%.1fx'):>8}")
     for v in record.get("variants", []):
-        lines.append(f"variant tile={v['tile']} chunk={v['chunk']} warps={v['num_warps']}/{v['stats_warps']}: "
+        lines.append(f"variant K={v.get('block_size') or '-'} tile={v['tile']} chunk={v['chunk']} "
+                     f"warps={v['num_warps']}/{v['stats_warps']} blocks/program={v.get('blocks_per_program', 0)}: "
                      f"{v['median_ms']:.3f} ms at T={v['T']}")
     for s in record.get("skipped", []):
         lines.append(f"skipped T={s['T']} {s['provider']}: {s['why']}")

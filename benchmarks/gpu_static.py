@@ -7,9 +7,10 @@
 For every kernel specialization a user can reach (per sequence / per block of 32, Bernoulli /
 exact, with and without the complement and loss weights, int32 / int64 ids; priority and prompt
 lengths given, as in training) it compiles the kernels that call launches to cubin for sm_80 and
-sm_90 with the ptxas that ships inside Triton (per block of up to 1021 positions only the mask
-kernel runs, one program per block; blocks longer than a chunk, here 2048, also launch the stats
-kernel), and reports:
+sm_90 with the ptxas that ships inside Triton (``kernels_launched``: blocks of up to 256
+positions launch the run kernel ``blocks``, also compiled at K = 1, 3, 33 and 256 for their
+resources; blocks of up to a chunk the mask kernel alone, one program per block, here K = 512;
+blocks longer than a chunk (4096 positions), here 8192, the stats and mask kernels), and reports:
 
 * registers per thread, spill stores / loads (``ptxas -v``), static shared memory (Triton's
   allocation and ptxas' count) and the theoretical occupancy those allow (warps resident per SM
@@ -18,7 +19,10 @@ kernel), and reports:
   grouped by the loop it sits in (loops found from backward branches). Loops that walk a
   segment's tiles (the write loop, counting and selection passes) cost per token; the binary
   search over the segment table costs ceil(log2 S) iterations per program; everything else costs
-  once per program;
+  once per program. The run kernel has no loop over a segment's tiles (a step holds whole
+  blocks), so its traffic is read from Triton's GPU IR instead, where every load and store has
+  its tensor shape: [rows, groups, 4] tiles move their bytes once per token, [rows] vectors once
+  per block, scalars once per step;
 * a roofline: bytes per token × tokens / published DRAM bandwidth (H100 SXM 3.35 TB/s, H200
   4.8 TB/s) at 1M and 16M tokens. It is a MODEL, not a measurement: it assumes coalesced access
   (bytes moved by instructions = DRAM bytes), ignores launch latency, tail effects and the
@@ -43,7 +47,9 @@ from typing import Optional
 ROOT = Path(__file__).resolve().parent.parent
 SEQ_LEN = 2048  # the benchmark workload's sequences (benchmarks/common.py)
 BLOCK = 32  # the block-diffusion recipe's block size
-LARGE_BLOCK = 2048  # blocks longer than a chunk of the per-block launch settings (K > 1021)
+LARGE_BLOCK = 8192  # blocks longer than a chunk of the per-block launch settings (K > 4096)
+MID_BLOCK = 512  # blocks past the run kernel's 256 and up to a chunk: one program per block
+RUN_BLOCKS = (1, 3, 33, 256)  # further block sizes of the run kernel, compiled for their resources
 BANDWIDTH = {"H100 SXM (3.35 TB/s)": 3.35e12, "H200 (4.8 TB/s)": 4.8e12}
 SIZES = {"1M": 1 << 20, "16M": 1 << 24}
 # Per-SM limits (CUDA occupancy calculator): registers, resident warps, resident blocks, shared memory.
@@ -79,9 +85,10 @@ for spec in json.loads(sys.argv[1]):
         r = subprocess.run([ptxas_for(spec["arch"]), "-v", f"--gpu-name=sm_{spec['arch']}a" if spec["arch"] == 90 else f"--gpu-name=sm_{spec['arch']}",
                             src, "-o", os.path.join(d, "k.cubin")], capture_output=True, text=True)
     st = tk.launch_settings(spec["block_size"])
-    out.append(dict(spec, ptx=ptx, ptxas=r.stdout + r.stderr, ptxas_rc=r.returncode, shared=ck.metadata.shared,
+    out.append(dict(spec, ptx=ptx, ttgir=ck.asm["ttgir"] if spec["kernel"] == "blocks" else "",
+                    ptxas=r.stdout + r.stderr, ptxas_rc=r.returncode, shared=ck.metadata.shared,
                     num_warps=ck.metadata.num_warps, tile=st.tile, chunk=st.chunk,
-                    cubin_bytes=len(ck.asm["cubin"])))
+                    blocks_per_program=st.blocks_per_program, cubin_bytes=len(ck.asm["cubin"])))
 json.dump(out, sys.stdout)
 """
 
@@ -91,8 +98,8 @@ def specializations(quick: bool) -> list:
     specs = []
     if quick:
         base = dict(complementary=True, loss_weight=True, ids="int64")
-        for kernel, arch, exact, K in (("mask", 90, False, 0), ("mask", 90, False, BLOCK), ("mask", 80, False, 0),
-                                       ("mask", 90, True, BLOCK), ("stats", 90, False, 0),
+        for kernel, arch, exact, K in (("mask", 90, False, 0), ("blocks", 90, False, BLOCK), ("mask", 80, False, 0),
+                                       ("blocks", 90, True, BLOCK), ("stats", 90, False, 0),
                                        ("stats", 90, False, LARGE_BLOCK)):
             specs.append(dict(base, kernel=kernel, arch=arch, exact=exact, block_size=K))
         return specs
@@ -102,14 +109,18 @@ def specializations(quick: bool) -> list:
             for K in (0, LARGE_BLOCK):
                 specs.append(dict(kernel="stats", arch=arch, exact=exact, block_size=K, complementary=True,
                                   loss_weight=True, ids="int64"))
-            specs.append(dict(kernel="mask", arch=arch, exact=exact, block_size=LARGE_BLOCK, complementary=True,
-                              loss_weight=True, ids="int64"))
-        for K in (0, BLOCK):
+            for K in (LARGE_BLOCK, MID_BLOCK):
+                specs.append(dict(kernel="mask", arch=arch, exact=exact, block_size=K, complementary=True,
+                                  loss_weight=True, ids="int64"))
+            for K in RUN_BLOCKS:
+                specs.append(dict(kernel="blocks", arch=arch, exact=exact, block_size=K, complementary=True,
+                                  loss_weight=True, ids="int64"))
+        for kernel, K in (("mask", 0), ("blocks", BLOCK)):
             for exact in (False, True):
                 for comp in (False, True):
                     for lw in (False, True):
                         for ids in ("int32", "int64"):
-                            specs.append(dict(kernel="mask", arch=arch, exact=exact, block_size=K, complementary=comp,
+                            specs.append(dict(kernel=kernel, arch=arch, exact=exact, block_size=K, complementary=comp,
                                               loss_weight=lw, ids=ids))
     return specs
 
@@ -190,6 +201,27 @@ def loops(ptx: str) -> list:
     return found
 
 
+def loop_instructions_per_token(kernel: str, ptx: str, tile: int, threads: int) -> Optional[float]:
+    """PTX instructions per token of the main per-token loop, each loop body counted once (the
+    exact selection's data-dependent passes are not multiplied): the mask kernel's write loop (the
+    innermost loop with stores) over its tile's positions per thread; the run kernel's step loop
+    (the outermost loop) over its step's positions per thread. None for the stats kernel."""
+    lines = [x.strip() for x in ptx.splitlines()]
+    instr = [i for i, x in enumerate(lines) if x.endswith(";") and not x.startswith(("//", "."))]
+    lps = loops(ptx)
+    if kernel == "blocks" and lps:
+        lp = max(lps, key=lambda x: x[1] - x[0])
+    elif kernel == "mask":
+        stores = [lp for lp in lps if any(lp[0] <= i <= lp[1] and lines[i].startswith(("st.global", "@"))
+                                          and "st.global" in lines[i] for i in instr)]
+        if not stores:
+            return None
+        lp = min(stores, key=lambda x: x[1] - x[0])
+    else:
+        return None
+    return sum(1 for i in instr if lp[0] <= i <= lp[1]) * threads / tile
+
+
 def classify(kernel: str, ptx: str) -> dict:
     """Bytes per thread of the kernel's global memory instructions by where they sit: loops over
     a segment's tiles (``write``: the loop that stores; ``count``: the first loop that only loads
@@ -227,9 +259,56 @@ def classify(kernel: str, ptx: str) -> dict:
     return out
 
 
+_TT_MEM = re.compile(r"\btt\.(load|store)\b.*:\s*(?:tensor<((?:\d+x)*)!tt\.ptr<(\w+)>|!tt\.ptr<(\w+)>)")
+_BYTES = {"i1": 1, "i8": 1, "i16": 2, "i32": 4, "i64": 8, "f16": 2, "bf16": 2, "f32": 4, "f64": 8}
+
+
+def ttgir_memory(ttgir: str) -> dict:
+    """Global memory operations of the run kernel by the rank of their tensor, from Triton's GPU IR:
+    bytes per element summed over ``tile`` (rank 3: one element per token position), ``row``
+    (rank 1: one per block) and ``scalar`` operations, loads and stores apart. Every operation is
+    counted, also one that reloads a value already loaded in another layout."""
+    out = {"tile_ld": 0, "tile_st": 0, "row_ld": 0, "row_st": 0, "scalar_ld": 0, "scalar_st": 0}
+    for line in ttgir.splitlines():
+        m = _TT_MEM.search(line)
+        if not m:
+            continue
+        kind = "ld" if m.group(1) == "load" else "st"
+        if m.group(4):
+            out["scalar_" + kind] += _BYTES[m.group(4)]
+            continue
+        rank = m.group(2).count("x")
+        cls = {3: "tile", 1: "row"}.get(rank)
+        if cls is None:
+            raise ValueError(f"unexpected tensor rank {rank} in: {line.strip()[:200]}")
+        out[f"{cls}_{kind}"] += _BYTES[m.group(3)]
+    return out
+
+
 # ---------------------------------------------------------------------------------------------
 # The model
 # ---------------------------------------------------------------------------------------------
+def run_traffic_model(blocks: dict, K: int, T: int) -> dict:
+    """Modelled bytes per token of the run kernel (per-block σ, blocks of K ≤ 256) on the benchmark
+    workload (2048-token sequences). Tile operations are masked to the block's positions, so each
+    moves its element bytes once per token; row operations once per block (S / T per token);
+    scalars once per step (steps per program × programs / T). The block table: ``repeat_interleave``
+    writes 4 bytes per block (read back by a row load, counted there) and a few [B]-sized torch
+    ops, about 40 bytes per sequence."""
+    B = T // SEQ_LEN
+    S = B * math.ceil(SEQ_LEN / K)
+    c = blocks["classes"]
+    steps = blocks["blocks_per_program"] * blocks["chunk"] // blocks["tile"]
+    grid = math.ceil(S / blocks["blocks_per_program"])
+    model = {"write_loop": c["tile_ld"] + c["tile_st"],
+             "count_and_select_loops": 0.0,
+             "per_block": (c["row_ld"] + c["row_st"]) * S / T,
+             "per_program": (c["scalar_ld"] + c["scalar_st"]) * steps * grid / T,
+             "block_table": (4.0 * S + 40.0 * B) / T}
+    model["total"] = sum(model.values())
+    return model
+
+
 def traffic_model(mask: dict, stats: Optional[dict], K: int, exact: bool, T: int) -> dict:
     """Modelled bytes per token of one call on the benchmark workload (2048-token sequences, σ per
     sequence or per block of K).
@@ -270,18 +349,25 @@ def report(results: list) -> dict:
         occ = occupancy(r["arch"], use["registers"] or 0, r["num_warps"], smem)
         rows.append(dict({k: r[k] for k in ("kernel", "arch", "exact", "block_size", "complementary", "loss_weight",
                                             "ids", "num_warps", "tile", "chunk", "ptxas_rc")},
-                         **use, shared=r["shared"], **occ, classes=classify(r["kernel"], r["ptx"])))
+                         blocks_per_program=r.get("blocks_per_program", 0), **use, shared=r["shared"], **occ,
+                         classes=ttgir_memory(r["ttgir"]) if r["kernel"] == "blocks" else classify(r["kernel"], r["ptx"]),
+                         loop_instructions_per_token=loop_instructions_per_token(r["kernel"], r["ptx"], r["tile"],
+                                                                                 32 * r["num_warps"])))
     models = []
-    for m in (x for x in rows if x["kernel"] == "mask"):
-        if m["block_size"] > LARGE_BLOCK // 2:
-            continue  # large blocks: resources only
+    for m in (x for x in rows if x["kernel"] in ("mask", "blocks")):
+        if m["block_size"] not in (0, BLOCK):
+            continue  # other block sizes: resources only
         s = next((x for x in rows if x["kernel"] == "stats" and x["arch"] == m["arch"] and x["exact"] == m["exact"]
                   and x["block_size"] == m["block_size"]), None)
         if s is None and m["block_size"] == 0:
             continue
         for label, T in SIZES.items():
-            tm = traffic_model(m, s, m["block_size"], m["exact"], T)
-            models.append(dict({k: m[k] for k in ("arch", "exact", "block_size", "complementary", "loss_weight", "ids")},
+            if m["kernel"] == "blocks":
+                tm = run_traffic_model(m, m["block_size"], T)
+            else:
+                tm = traffic_model(m, s, m["block_size"], m["exact"], T)
+            models.append(dict({k: m[k] for k in ("kernel", "arch", "exact", "block_size", "complementary", "loss_weight",
+                                              "ids")},
                                T=label, bytes_per_token=tm,
                                model_ms={gpu: 1e3 * tm["total"] * T / bw for gpu, bw in BANDWIDTH.items()}))
     return {"kernels": rows, "roofline_model": models,
@@ -317,12 +403,23 @@ def text(rep: dict) -> str:
             continue
         seen.add(key)
         c = r["classes"]
-        lines.append(f"  {r['kernel']:<5} {_sigma_per(r['block_size']):<9} "
+        if r["kernel"] == "blocks":
+            lines.append(f"  {r['kernel']:<6} {_sigma_per(r['block_size']):<9} "
+                         f"{'exact' if r['exact'] else 'bernoulli':<9} views={2 if r['complementary'] else 1} "
+                         f"lw={'y' if r['loss_weight'] else 'n'} {r['ids']:<5} step={r['tile']:>4} "
+                         f"threads={32 * r['num_warps']:>3} blocks/program={r['blocks_per_program']}: "
+                         f"per token ld {c['tile_ld']} B st {c['tile_st']} B, per block ld {c['row_ld']} B "
+                         f"st {c['row_st']} B, per step ld {c['scalar_ld']} B st {c['scalar_st']} B (GPU IR); "
+                         f"{r['loop_instructions_per_token']:.0f} PTX instructions per token in the step loop")
+            continue
+        lines.append(f"  {r['kernel']:<6} {_sigma_per(r['block_size']):<9} "
                      f"{'exact' if r['exact'] else 'bernoulli':<9} views={2 if r['complementary'] else 1} "
                      f"lw={'y' if r['loss_weight'] else 'n'} {r['ids']:<5} tile={r['tile']:>4} threads={32 * r['num_warps']:>3}: "
                      f"write loop ld {c['write_ld']} B st {c['write_st']} B, count loop {c['count']} B, "
                      f"selection loops {c['other_tile']} B, once ld {c['once_ld']} B st {c['once_st']} B, "
-                     f"search {c['search']} B/step")
+                     f"search {c['search']} B/step" + (
+                         "" if r["loop_instructions_per_token"] is None else
+                         f"; {r['loop_instructions_per_token']:.0f} PTX instructions per token in the write loop"))
     lines.append("")
     lines.append("ROOFLINE MODEL (not a measurement): bytes per token read from the code x tokens / published bandwidth")
     lines.append(f"{'sm':>3} {'sigma per':<9} {'sampling':<9} {'views':>5} {'lw':>3} {'ids':<5} {'T':>4} {'B/token':>8} "

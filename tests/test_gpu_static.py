@@ -34,7 +34,25 @@ def test_quick_report_has_no_spills_and_reads_the_expected_bytes(tmp_path, capsy
     want = gpu_static.essential_bytes(seq["complementary"], seq["loss_weight"], seq["ids"])
     assert seq["bytes_per_token"]["write_loop"] == pytest.approx(want)
     assert seq["bytes_per_token"]["count_and_select_loops"] == pytest.approx(1.0)  # priority, read again to count
-    assert gpu_static.per_block_ratio(rep)
+    # The run kernel (per-block σ, K = 32) loads each token's bytes once: its tile operations move
+    # exactly the essential bytes, and its whole traffic stays within 1.3x the per-sequence kernel's.
+    blk = next(m for m in rep["roofline_model"] if m["kernel"] == "blocks" and m["arch"] == 90 and m["T"] == "16M")
+    assert blk["bytes_per_token"]["write_loop"] == pytest.approx(want)
+    assert blk["bytes_per_token"]["count_and_select_loops"] == 0
+    ratio = gpu_static.per_block_ratio(rep)
+    assert ratio and all(v <= 1.3 for v in ratio.values()), ratio
+
+
+def test_ttgir_memory_reads_shapes():
+    ir = "\n".join([
+        "%a = tt.load %p, %m, %o : tensor<8x8x4x!tt.ptr<i64>, #blocked> loc(#loc1)",
+        "tt.store %q, %v, %m : tensor<8x8x4x!tt.ptr<i8>, #blocked> loc(#loc2)",
+        "%b = tt.load %r, %k, %o : tensor<8x!tt.ptr<i32>, #ttg.slice<{dim = 1, parent = #blocked}>> loc(#loc3)",
+        "tt.store %s, %w, %k : tensor<8x!tt.ptr<f64>, #blocked2> loc(#loc4)",
+        "%c = tt.load %rng_ptr : !tt.ptr<i64> loc(#loc5)",
+        "%d = arith.addi %a, %a : tensor<8x8x4xi64, #blocked>"])
+    assert gpu_static.ttgir_memory(ir) == {"tile_ld": 8, "tile_st": 1, "row_ld": 4, "row_st": 8, "scalar_ld": 8,
+                                           "scalar_st": 0}
 
 
 def test_occupancy_model():

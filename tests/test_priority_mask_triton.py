@@ -160,7 +160,7 @@ _PTX_CHECK = r"""
 import collections, json, sys
 from dllm_masks.triton_kernels import priority_mask as tk
 out = {}
-for kern, exact, K in (("mask", False, 0), ("mask", True, 0), ("stats", True, 0), ("mask", True, 32)):
+for kern, exact, K in (("mask", False, 0), ("mask", True, 0), ("stats", True, 0), ("blocks", True, 32)):
     ptx = tk.compile_for_inspection(kern, exact=exact, block_size=K)["ptx"]
     ops = collections.Counter(l.split()[0] for l in ptx.splitlines()
                               if ".f64" in l and l.strip() and not l.strip().startswith("//"))
@@ -259,13 +259,15 @@ def test_torch_compile_fullgraph_two_shapes():
 @pytest.mark.skipif(not INTERPRET, reason="the dry run is the CPU stand-in for the GPU run")
 def test_gpu_check_dry_run(tmp_path):
     r = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "gpu_check.py"), "--dry-run", "--out", str(tmp_path),
-                        "--skip", "pytest,variants", "--sizes", "4096", "--providers", "copy,triton,dfactory,ref"],
+                        "--skip", "pytest,variants", "--sizes", "4096",
+                        "--providers", "copy,triton,triton_blocks,dfactory,ref"],
                        cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, (r.stdout + r.stderr)[-3000:]
     rec = json.loads((tmp_path / "gpu_check.json").read_text())
     assert rec["dry_run"] and rec["env"]["ptx_ok"]
     assert all(v["ok"] for v in rec["graph"].values()) and set(rec["graph"]) == {"block_size=None", "block_size=32"}
-    assert {row["provider"] for row in rec["results"]} == {"copy", "triton", "dfactory", "ref"}
+    assert {row["provider"] for row in rec["results"]} == {"copy", "triton", "triton_blocks", "dfactory", "ref"}
+    assert all(v is True for v in rec["equal_to_ref"].values()) and len(rec["equal_to_ref"]) == 2
     assert all(row["median_ms"] > 0 and row["T"] == 4096 for row in rec["results"])
     assert all(t["pass"] is None for t in rec["targets"].values())  # nothing at 1M/16M: not measured
     assert "DRY RUN" in r.stdout and (tmp_path / "mask_kernel.ptx").stat().st_size > 1000
