@@ -34,6 +34,7 @@ if DEVICE is not None:
 
     from dllm_masks import importance as imp
     from dllm_masks.triton_kernels import importance as tw
+    from dllm_masks.triton_kernels import priority_mask as pm
 
     @triton.jit
     def _systematic_kernel(w_ptr, out_ptr, L, U, q0_bits, qz_bits, sat_flag, V, k, G: tl.constexpr):
@@ -222,10 +223,11 @@ def test_op_cuda_entry_routes_float_weights_to_the_weights_kernel():
     want = dm.reference.priority_mask_ref(*ref)
     for x, y in zip(tw.priority_mask_cuda(*args), want):
         assert torch.equal(x.cpu(), y)
-    bufs = [torch.empty_like(x, device=DEVICE) for x in want]
-    tw.priority_mask_cuda_out(*args, **dict(zip(ops.OUT_NAMES, bufs)))
-    for x, y in zip(bufs, want):
-        assert torch.equal(x.cpu(), y)
+    for out_fn in (tw.priority_mask_cuda_out, pm.priority_mask_triton_out):  # the bool kernel's entry too
+        bufs = [torch.empty_like(x, device=DEVICE) for x in want]
+        out_fn(*args, **dict(zip(ops.OUT_NAMES, bufs)))
+        for x, y in zip(bufs, want):
+            assert torch.equal(x.cpu(), y)
 
 
 def test_out_variant_and_seed_sensitivity():

@@ -776,14 +776,13 @@ def priority_mask_triton_out(input_ids, cu_seqlens, sigma, priority, maskable, p
     :func:`priority_mask_triton` into the given contiguous buffers (flat [V·T], ``loss_weight``
     [V·T] or [0], ``rates`` [S, 2]; shapes and dtypes checked by :func:`dllm_masks.ops.check_out`)."""
     if priority is not None and priority.is_floating_point():
-        # float32 importance weights (docs/importance.md) have no Triton kernel yet: the
-        # reference serves them (bit-identical by definition; it syncs with the host).
-        from dllm_masks.reference import priority_mask_ref
+        # float32 importance weights (docs/importance.md): the weights kernel
+        from .importance import priority_mask_weights_triton_out
 
-        ref = priority_mask_ref(input_ids, cu_seqlens, sigma, priority, maskable, prompt_lens, sample_ids, rng, weight,
-                                block_size, num_segments, exact, complementary, loss_weight_mode, mask_token_id)
-        for buf, value in zip((noisy, masked, labels, loss_weight, rates), ref):
-            buf.copy_(value.reshape(buf.shape))
+        priority_mask_weights_triton_out(input_ids, cu_seqlens, sigma, priority, maskable, prompt_lens, sample_ids,
+                                         rng, weight, block_size, num_segments, exact, complementary,
+                                         loss_weight_mode, mask_token_id, noisy=noisy, masked=masked, labels=labels,
+                                         loss_weight=loss_weight, rates=rates)
         return
     dev = input_ids.device
     T = input_ids.numel()
