@@ -21,7 +21,6 @@
 
 #if defined(__linux__)
 #include <sys/mman.h>
-#include <unistd.h>
 #endif
 
 #include "priority_mask_ctx.h"
@@ -69,25 +68,16 @@ bool huge_pages_enabled() {
   return v == nullptr || std::strcmp(v, "0") != 0;
 }
 
-// Outputs of at least this many bytes bypass the caches (streaming stores): the size of the
-// last-level cache, where it can be read (else kStreamBytes). Smaller outputs are written through
-// the cache, where a caller that reuses its buffers (out=) finds their lines from the last call;
-// larger ones could not stay cached anyway, and streaming saves the read for ownership of every
-// line. DLLM_MASKS_CPU_STREAM_BYTES=<bytes> sets the threshold (0: always stream).
+// Outputs of at least this many bytes bypass the caches (streaming stores: no read for ownership
+// of lines the kernel only writes): kStreamBytes, or DLLM_MASKS_CPU_STREAM_BYTES=<bytes> (0: always
+// stream). Below it they are written through the cache.
 int64_t stream_threshold() {
   if (const char* v = std::getenv("DLLM_MASKS_CPU_STREAM_BYTES")) {
     char* end = nullptr;
     const long long x = std::strtoll(v, &end, 10);
     if (end != v && x >= 0) return int64_t(x);
   }
-  static const int64_t llc_bytes = [] {
-    long llc = 0;
-#if defined(__linux__) && defined(_SC_LEVEL3_CACHE_SIZE)
-    llc = sysconf(_SC_LEVEL3_CACHE_SIZE);
-#endif
-    return llc > 0 ? int64_t(llc) : detail::kStreamBytes;
-  }();
-  return llc_bytes;
+  return detail::kStreamBytes;
 }
 
 bool is_int_dtype(at::ScalarType t) {

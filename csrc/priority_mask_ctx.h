@@ -56,7 +56,7 @@ struct Ctx {  // plain data: no member functions, so nothing of it is compiled p
 // The op's loss_weight_mode (dllm_masks.reference.LOSS_WEIGHT_MODES).
 constexpr int64_t kLossWeightNone = 0, kLossWeightSigma = 1, kLossWeightToken = 2;
 
-constexpr int64_t kStreamBytes = int64_t(32) << 20;  // outputs from 32 MiB on bypass the caches, where the LLC size is unknown
+constexpr int64_t kStreamBytes = int64_t(16) << 20;  // outputs from 16 MiB on bypass the caches
 
 // The kernel for the baseline ISA, and for x86-64-v4 (AVX-512) where it was built; the variant
 // a call uses is chosen by priority_mask_cpu (kernel_isa()).

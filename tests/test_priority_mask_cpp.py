@@ -155,9 +155,8 @@ def test_threads_give_the_same_answer(sampling, block):
 
 def test_large_batches(monkeypatch):
     # 64 x 2048 (exact, int32 ids); then ~520K tokens of uneven lengths, whose 18 MB of outputs
-    # take the streaming-store path with unaligned starts, and huge-page hints. Outputs from the
-    # last-level cache's size on stream; DLLM_MASKS_CPU_STREAM_BYTES sets the threshold: 0 streams
-    # every output, a huge value none.
+    # take the streaming-store path (from 16 MiB) with unaligned starts, and huge-page hints.
+    # DLLM_MASKS_CPU_STREAM_BYTES sets the threshold: 0 streams every output, a huge value none.
     kw = packed_case([2048] * 64, seed=64, dtype=torch.int32, sampling="exact", complementary=True, weight=2.0,
                      loss_weight="token")
     _check(kw, "64 x 2048 exact")
