@@ -1,6 +1,7 @@
 """Process CPU time per call of the C++ kernel at 1M tokens, one thread: ``out=`` for σ per
 sequence and per block of K ∈ {1, 2, 3, 4, 32}, the allocating call with boolean and float
-weights in both samplings, and the reused-buffer copy floor, in interleaved rounds.
+weights in both samplings, ``out=`` with float weights, and the reused-buffer copy floor, in
+interleaved rounds.
 
     .venv/bin/python benchmarks/cpu_time_1m.py --rounds 12 --json cpu_time.json
 
@@ -43,9 +44,12 @@ def main(argv=None) -> int:
         fns[f"out K={K}"] = (lambda kw=kw, out=out: dm.priority_mask(**kw, backend="cpp", validate=False, out=out))
     kw = C.workload(T)
     kwf = dict(kw, priority=C.float_weights(kw), weight=1.0)
+    outf = dm.empty_masked_batch(kw["input_ids"], cu_seqlens=kw["cu_seqlens"], complementary=True, loss_weight=None)
     for smp in ("bernoulli", "exact"):
         fns[f"cpp {smp}"] = (lambda s=smp: dm.priority_mask(**kw, sampling=s, backend="cpp", validate=False))
         fns[f"cpp-float {smp}"] = (lambda s=smp: dm.priority_mask(**kwf, sampling=s, backend="cpp", validate=False))
+        fns[f"out-float {smp}"] = (lambda s=smp: dm.priority_mask(**kwf, sampling=s, backend="cpp", validate=False,
+                                                                 out=outf))
     nb = C.essential_bytes(kw)
     src = torch.ones((nb["read"] + nb["write"]) // 2, dtype=torch.uint8)
     dst = torch.zeros_like(src)
