@@ -134,10 +134,12 @@ def run(args) -> dict:
         fns = {(s, p): make_fn(p, kw, s, args.loss_weight, nbytes) for s, p in cases}
         if hasattr(bar, "set_postfix_str"):
             bar.set_postfix_str(f"T={T}: {len(fns)} cases, interleaved")
-        times = C.time_interleaved(fns, min_reps=args.min_reps, budget_s=args.budget)
+        cpu = {}
+        times = C.time_interleaved(fns, min_reps=args.min_reps, budget_s=args.budget, cpu_times=cpu)
         for (sampling, provider), t in times.items():
             rows.append({"provider": provider, "sampling": sampling if provider not in ("dfactory",) + FLOORS else None,
-                         "T": kw["input_ids"].numel(), **C.summarize(t), **nbytes})
+                         "T": kw["input_ids"].numel(), **C.summarize(t), **nbytes,
+                         "cpu_median_ms": 1e3 * statistics.median(cpu[(sampling, provider)])})
         del fns, kw
     # ratios within this run
     for r in rows:
@@ -156,6 +158,8 @@ def run(args) -> dict:
         r["x_copy_floor"] = r["median_ms"] / floor["median_ms"] if floor else None
         r["x_copy_reused"] = r["median_ms"] / floor_reused["median_ms"] if floor_reused else None
         r["x_copy_reused_min"] = r["min_ms"] / floor_reused["min_ms"] if floor_reused else None
+        r["x_copy_reused_cpu"] = r["cpu_median_ms"] / floor_reused["cpu_median_ms"] if floor_reused else None
+        r["x_bool_cpu"] = r["cpu_median_ms"] / boolean["cpu_median_ms"] if boolean else None
         r["ns_per_token_min"] = 1e6 * r["min_ms"] / r["T"]
         r["GBps"] = (r["read"] + r["write"]) / (r["median_ms"] * 1e-3) / 1e9
     return {"bench": "priority_mask", "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
@@ -172,15 +176,16 @@ ENV_PREFIXES = ("MALLOC_", "LD_PRELOAD", "OMP_", "DLLM_MASKS_")
 
 
 def flatness(rows: list) -> dict:
-    """Per (provider, sampling): ns per token at each size, from the median and from the fastest
-    repeat, and the largest deviation of each from its median over the sizes, in percent (the
-    target for ``out``: within ±25 % from 16K to 16M tokens). On a loaded machine the fastest
-    repeat is the one least disturbed by other processes."""
+    """Per (provider, sampling): ns per token at each size, from the median, from the fastest
+    repeat and from the median process CPU time, and the largest deviation of each from its
+    median over the sizes, in percent (the target for ``out``: within ±25 % from 16K to 16M
+    tokens). On a loaded machine the fastest repeat is the one least disturbed by other
+    processes, and CPU time leaves out the waits for a core."""
     res = {}
     for key in sorted({(r["provider"], r["sampling"] or "-") for r in rows}):
         rs = sorted((r for r in rows if (r["provider"], r["sampling"] or "-") == key), key=lambda r: r["T"])
         entry = {"T": [r["T"] for r in rs]}
-        for stat, field in (("median", "median_ms"), ("min", "min_ms")):
+        for stat, field in (("median", "median_ms"), ("min", "min_ms"), ("cpu", "cpu_median_ms")):
             ns = [1e6 * r[field] / r["T"] for r in rs]
             mid = statistics.median(ns)
             entry[f"ns_per_token_{stat}"] = [round(x, 3) for x in ns]
@@ -191,7 +196,8 @@ def flatness(rows: list) -> dict:
 
 def table(record: dict) -> str:
     head = (f"{'T':>9} {'provider':<11} {'sampling':<10} {'median ms':>10} {'ns/tok':>7} {'min ns/tok':>10} {'vs ref':>7} "
-            f"{'vs dfac':>8} {'x floor':>8} {'x reused':>8} {'(min)':>6} {'GB/s':>6} {'x bool':>7}")
+            f"{'vs dfac':>8} {'x floor':>8} {'x reused':>8} {'(min)':>6} {'GB/s':>6} {'x bool':>7} {'cpu ns/t':>9} "
+            f"{'(reused)':>9} {'(bool)':>8}")
     lines = [head, "-" * len(head)]
     f = lambda v, fmt: (fmt % v) if v is not None else "-"  # noqa: E731
     for r in record["results"]:
@@ -199,9 +205,10 @@ def table(record: dict) -> str:
                      f"{r['ns_per_token']:>7.2f} {r['ns_per_token_min']:>10.2f} {f(r['speedup_vs_ref'], '%.1fx'):>7} "
                      f"{f(r['speedup_vs_dfactory'], '%.1fx'):>8} {f(r['x_copy_floor'], '%.2f'):>8} "
                      f"{f(r.get('x_copy_reused'), '%.2f'):>8} {f(r.get('x_copy_reused_min'), '%.2f'):>6} {r['GBps']:>6.2f} "
-                     f"{f(r.get('x_bool'), '%.2f'):>7}")
+                     f"{f(r.get('x_bool'), '%.2f'):>7} {1e6 * r['cpu_median_ms'] / r['T']:>9.2f} "
+                     f"{f(r.get('x_copy_reused_cpu'), '%.2f'):>9} {f(r.get('x_bool_cpu'), '%.2f'):>8}")
     for key, fl in record.get("flatness", {}).items():
-        for stat in ("median", "min"):
+        for stat in ("median", "min", "cpu"):
             lines.append(f"flatness {key:<22} {stat:<6} ns/token {fl[f'ns_per_token_{stat}']} "
                          f"(largest deviation from their median {fl[f'max_dev_pct_{stat}']:.0f} %)")
     for p, why in record["skipped"].items():

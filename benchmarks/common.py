@@ -94,8 +94,13 @@ def time_cpu(fn: Callable[[], object], *, min_reps: int = 5, max_reps: int = 200
 
 
 def time_interleaved(fns: Dict[str, Callable[[], object]], *, min_reps: int = 5, budget_s: float = 3.0,
-                     warmup: int = 2, slice_s: float = 0.05, max_reps: int = 2000) -> Dict[str, List[float]]:
+                     warmup: int = 2, slice_s: float = 0.05, max_reps: int = 2000,
+                     cpu_times: Optional[Dict[str, List[float]]] = None) -> Dict[str, List[float]]:
     """Wall times of several functions measured in interleaved rounds.
+
+    With ``cpu_times`` (a dict), the process CPU time of each call (every thread's, kernel time
+    included: ``time.process_time``) goes there too, under the same names. On a shared machine
+    it leaves out the time a call waits for a core.
 
     Each round times every function in turn (a fast one several times, up to about ``slice_s``), so a
     burst of load from other processes hits every provider alike and the ratios between them stay
@@ -116,9 +121,12 @@ def time_interleaved(fns: Dict[str, Callable[[], object]], *, min_reps: int = 5,
             if len(times[name]) >= max_reps:
                 continue
             for _ in range(max(1, min(50, int(slice_s / max(est[name], 1e-6))))):
+                c0 = time.process_time()
                 t0 = time.perf_counter()
                 fn()
                 times[name].append(time.perf_counter() - t0)
+                if cpu_times is not None:
+                    cpu_times.setdefault(name, []).append(time.process_time() - c0)
         if all(len(t) >= min_reps for t in times.values()) and time.perf_counter() - start >= deadline:
             break
         if all(len(t) >= max_reps for t in times.values()):

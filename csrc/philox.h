@@ -59,6 +59,46 @@ constexpr int kLanes = 16;
 
 // kLanes Philox calls for the groups g0, g0+1, ..., written as 4*kLanes words in position order:
 // out[4*i + w] is word w of group g0 + i, the draw of position 4*(g0 + i) + w.
+#if defined(DLLM_MASKS_AVX512_INTRINSICS)
+// The AVX-512 build (priority_mask_avx512.cpp defines the macro inside its target region): the 16
+// lanes in one register per counter word. Each 32x32->64 product is two vpmuludq (even and odd
+// lanes) whose halves are blended back into lanes; left to itself the compiler widens the lanes to
+// 64 bits and multiplies with vpmullq, three times the micro-ops.
+static_assert(kLanes == 16, "one 512-bit register of 32-bit lanes");
+inline void philox_block(const PhiloxStream& st, uint32_t g0, uint32_t* __restrict out) {
+  const __m512i A = _mm512_set1_epi64(int64_t(kPhiloxA)), B = _mm512_set1_epi64(int64_t(kPhiloxB));
+  __m512i c0 = _mm512_add_epi32(_mm512_set1_epi32(int(g0)),
+                                _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15));
+  __m512i c1 = _mm512_set1_epi32(int(st.c1)), c2 = _mm512_set1_epi32(int(st.c2)), c3 = _mm512_set1_epi32(int(st.c3));
+  uint32_t k0 = st.k0, k1 = st.k1;
+  constexpr __mmask16 kOdd = 0xAAAA;
+  for (int r = 0; r < kPhiloxRounds; ++r) {
+    const __m512i pa_e = _mm512_mul_epu32(c0, A), pa_o = _mm512_mul_epu32(_mm512_srli_epi64(c0, 32), A);
+    const __m512i pb_e = _mm512_mul_epu32(c2, B), pb_o = _mm512_mul_epu32(_mm512_srli_epi64(c2, 32), B);
+    const __m512i hi_a = _mm512_mask_blend_epi32(kOdd, _mm512_srli_epi64(pa_e, 32), pa_o);
+    const __m512i lo_a = _mm512_mask_blend_epi32(kOdd, pa_e, _mm512_slli_epi64(pa_o, 32));
+    const __m512i hi_b = _mm512_mask_blend_epi32(kOdd, _mm512_srli_epi64(pb_e, 32), pb_o);
+    const __m512i lo_b = _mm512_mask_blend_epi32(kOdd, pb_e, _mm512_slli_epi64(pb_o, 32));
+    c0 = _mm512_xor_si512(_mm512_xor_si512(hi_b, c1), _mm512_set1_epi32(int(k0)));
+    c2 = _mm512_xor_si512(_mm512_xor_si512(hi_a, c3), _mm512_set1_epi32(int(k1)));
+    c1 = lo_b;
+    c3 = lo_a;
+    k0 += kPhiloxW0;
+    k1 += kPhiloxW1;
+  }
+  // Transpose to position order: 128-bit block j of the result holds the four words of lane j.
+  const __m512i t0 = _mm512_unpacklo_epi32(c0, c1), t1 = _mm512_unpackhi_epi32(c0, c1);
+  const __m512i t2 = _mm512_unpacklo_epi32(c2, c3), t3 = _mm512_unpackhi_epi32(c2, c3);
+  const __m512i u0 = _mm512_unpacklo_epi64(t0, t2), u1 = _mm512_unpackhi_epi64(t0, t2);  // lanes 4b, 4b+1
+  const __m512i u2 = _mm512_unpacklo_epi64(t1, t3), u3 = _mm512_unpackhi_epi64(t1, t3);  // lanes 4b+2, 4b+3
+  const __m512i x0 = _mm512_shuffle_i32x4(u0, u1, 0x44), x1 = _mm512_shuffle_i32x4(u2, u3, 0x44);  // blocks 0, 1
+  const __m512i x2 = _mm512_shuffle_i32x4(u0, u1, 0xEE), x3 = _mm512_shuffle_i32x4(u2, u3, 0xEE);  // blocks 2, 3
+  _mm512_storeu_si512(out + 0, _mm512_shuffle_i32x4(x0, x1, 0x88));
+  _mm512_storeu_si512(out + 16, _mm512_shuffle_i32x4(x0, x1, 0xDD));
+  _mm512_storeu_si512(out + 32, _mm512_shuffle_i32x4(x2, x3, 0x88));
+  _mm512_storeu_si512(out + 48, _mm512_shuffle_i32x4(x2, x3, 0xDD));
+}
+#else
 inline void philox_block(const PhiloxStream& st, uint32_t g0, uint32_t* __restrict out) {
   // Lanes outside, rounds inside (unrolled): the lane loop has a straight-line body, which the
   // loop vectorizer maps to widening multiplies on whole vectors of lanes.
@@ -82,6 +122,7 @@ inline void philox_block(const PhiloxStream& st, uint32_t g0, uint32_t* __restri
     out[4 * i + 3] = c3;
   }
 }
+#endif
 
 // Draws of the positions [p, p + n) of one stream into out[0 .. n): out[i] is the draw of
 // position p + i. `scratch` holds at least 4*kLanes*(ceil((n + 3) / (4*kLanes)) + 1) words; the

@@ -68,6 +68,18 @@ bool huge_pages_enabled() {
   return v == nullptr || std::strcmp(v, "0") != 0;
 }
 
+// Outputs of at least this many bytes bypass the caches (streaming stores: no read for ownership
+// of lines the kernel only writes): kStreamBytes, or DLLM_MASKS_CPU_STREAM_BYTES=<bytes> (0: always
+// stream). Below it they are written through the cache.
+int64_t stream_threshold() {
+  if (const char* v = std::getenv("DLLM_MASKS_CPU_STREAM_BYTES")) {
+    char* end = nullptr;
+    const long long x = std::strtoll(v, &end, 10);
+    if (end != v && x >= 0) return int64_t(x);
+  }
+  return detail::kStreamBytes;
+}
+
 bool is_int_dtype(at::ScalarType t) {
   return t == at::kByte || t == at::kChar || t == at::kShort || t == at::kInt || t == at::kLong;
 }
@@ -89,8 +101,15 @@ at::Tensor token_weights(const at::Tensor& x, int64_t T) {
   TORCH_CHECK_VALUE(x.dim() == 1 && x.numel() == T, "priority: expected shape [", T, "] (one per token), got ", x.sizes());
   at::Tensor w = x.contiguous();
   const float* p = w.data_ptr<float>();
-  bool bad = false;  // one branch-free pass (it vectorizes), then find the first bad value
-  for (int64_t i = 0; i < T; ++i) bad |= !(p[i] >= 0.0f && p[i] <= std::numeric_limits<float>::max());
+  // One branch-free pass on the bits (it vectorizes), then find the first bad value: finite and
+  // >= 0 <=> +0 .. FLT_MAX (bits 0 .. 0x7F7FFFFF) or -0 (0x80000000).
+  uint32_t bad_bits = 0;
+  for (int64_t i = 0; i < T; ++i) {
+    uint32_t u;
+    std::memcpy(&u, p + i, 4);
+    bad_bits |= uint32_t(u > 0x7F7FFFFFu) & uint32_t(u != 0x80000000u);
+  }
+  bool bad = bad_bits != 0;
   for (int64_t i = 0; bad && i < T; ++i) {
     TORCH_CHECK_VALUE(std::isfinite(p[i]) && p[i] >= 0.0f, "priority_mask: priority: float weights must be finite and >= 0, got priority[", i,
                       "] = ", p[i]);
@@ -328,7 +347,7 @@ Ctx make_ctx(const Inputs& in, const at::Tensor& segments, const Outputs& o, dou
   c.mask_id = mask_token_id;
   const int64_t has_lw = loss_weight_mode != detail::kLossWeightNone;
   const int64_t out_bytes = (complementary ? 2 : 1) * in.T * (in.ids.element_size() + 9 + (has_lw ? 4 : 0));
-  c.streaming_stores = out_bytes >= detail::kStreamBytes;
+  c.streaming_stores = out_bytes >= stream_threshold();
   c.ids = in.ids.data_ptr();
   c.noisy = o.noisy.data_ptr();
   c.masked = o.masked.data_ptr<bool>();

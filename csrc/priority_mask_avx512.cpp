@@ -11,7 +11,9 @@
 #pragma GCC push_options
 #pragma GCC target("arch=x86-64-v4")
 #define DLLM_MASKS_KERNEL_ENTRY priority_mask_kernel_avx512
+#define DLLM_MASKS_AVX512_INTRINSICS 1  // philox.h, priority_mask_weights.inc: 512-bit intrinsics
 #include "priority_mask_kernel.h"
+#undef DLLM_MASKS_AVX512_INTRINSICS
 #undef DLLM_MASKS_KERNEL_ENTRY
 #pragma GCC pop_options
 #endif

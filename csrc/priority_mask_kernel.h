@@ -43,6 +43,9 @@ Rates solve_rates(int64_t n, int64_t n1_count, float sigma, double w) {
   const double n0 = N - n1;
   const double s = double(sigma);
   const double K = s * N;
+  // The reference's last two overrides, taken first (they discard whatever the branches below give)
+  if (N == 0.0) return {0.0, 0.0};
+  if (n1 == 0.0 || n0 == 0.0) return {s, s};
   double q0, q1;
   if (w == 1.0) {
     q0 = s;
@@ -67,14 +70,6 @@ Rates solve_rates(int64_t n, int64_t n1_count, float sigma, double w) {
       q0 = keep ? p : 1.0;
       q1 = keep ? wp : (K - n0) / n1;
     }
-  }
-  if (n1 == 0.0 || n0 == 0.0) {
-    q0 = s;
-    q1 = s;
-  }
-  if (N == 0.0) {
-    q0 = 0.0;
-    q1 = 0.0;
   }
   return {q0, q1};
 }
@@ -247,11 +242,11 @@ struct Kernel {
     }
   }
 
-  // Writes every output of tokens [t, t + n) from the masked (m8), complement (c8) and
-  // group (g8) bytes: each output stream is written in order, one loop per stream. Large
-  // outputs go through an L1 staging buffer and streaming stores (no read for ownership of
-  // lines the kernel only writes).
-  void emit(const SegParams& P, int64_t t, int64_t n, const uint8_t* m8, const uint8_t* c8, const uint8_t* g8) const {
+  // Writes every output of tokens [t, t + n) from the masked (m8) and complement (c8) bytes and,
+  // with loss weights, their float bits per view (lw[0], lw[1]: see loss_weight_bits): each
+  // output stream is written in order, one loop per stream. Large outputs go through an L1
+  // staging buffer and streaming stores (no read for ownership of lines the kernel only writes).
+  void emit(int64_t t, int64_t n, const uint8_t* m8, const uint8_t* c8, const uint32_t* const* lw) const {
     const IdT* ids = static_cast<const IdT*>(c.ids) + t;
     const IdT mask = IdT(c.mask_id);
     const int64_t views = c.complementary ? 2 : 1;
@@ -285,16 +280,27 @@ struct Kernel {
         std::memcpy(out, mv, size_t(n));  // bytes are 0 / 1: valid bools
       });
       if (c.lw_mode) {
-        uint32_t w0, w1;  // bits of the two groups' weights
-        std::memcpy(&w0, v ? &P.lw1[0] : &P.lw0[0], 4);
-        std::memcpy(&w1, v ? &P.lw1[1] : &P.lw0[1], 4);
         put(reinterpret_cast<uint32_t*>(c.lw + o), [&](uint32_t* __restrict out) {
-          for (int64_t i = 0; i < n; ++i) {
-            const uint32_t gsel = 0u - uint32_t(g8[i]);
-            out[i] = ((w1 & gsel) | (w0 & ~gsel)) & (0u - uint32_t(mv[i]));  // +0.0f where not masked
-          }
+          std::memcpy(out, lw[v], size_t(n) * 4);
         });
       }
+    }
+  }
+
+  // Loss-weight bits of tokens [0, n) for emit(): the group's weight (g8: 0 other, 1 priority)
+  // where the view masks the token, +0.0f elsewhere. Nothing to do without loss weights.
+  void loss_weight_bits(const SegParams& P, int64_t n, const uint8_t* m8, const uint8_t* c8, const uint8_t* g8,
+                        uint32_t* lw0, uint32_t* lw1) const {
+    if (!c.lw_mode) return;
+    uint32_t w[4];  // view 0 other, view 0 priority, view 1 other, view 1 priority
+    std::memcpy(&w[0], &P.lw0[0], 4);
+    std::memcpy(&w[1], &P.lw0[1], 4);
+    std::memcpy(&w[2], &P.lw1[0], 4);
+    std::memcpy(&w[3], &P.lw1[1], 4);
+    for (int64_t i = 0; i < n; ++i) {
+      const uint32_t gsel = 0u - uint32_t(g8[i]);
+      lw0[i] = ((w[1] & gsel) | (w[0] & ~gsel)) & (0u - uint32_t(m8[i]));
+      lw1[i] = ((w[3] & gsel) | (w[2] & ~gsel)) & (0u - uint32_t(c8[i]));
     }
   }
 
@@ -305,28 +311,73 @@ struct Kernel {
     return R;
   }
 
+  // Bernoulli decisions of n tokens from their draws, maskable and group bytes.
+  static inline void bernoulli_decide(const SegParams& P, int64_t n, const uint32_t* __restrict r,
+                                      const uint8_t* __restrict mk, const uint8_t* __restrict g8,
+                                      uint8_t* __restrict m8, uint8_t* __restrict c8) {
+    const uint32_t thr0 = P.thr[0], thr1 = P.thr[1];
+    const uint8_t en0 = P.en[0], en1 = P.en[1];
+    for (int64_t i = 0; i < n; ++i) {
+      const uint8_t g = g8[i];
+      const uint32_t thr = g ? thr1 : thr0;
+      const uint8_t en = g ? en1 : en0;
+      const uint8_t m = mk[i] & en & uint8_t(r[i] <= thr);
+      m8[i] = m;
+      c8[i] = mk[i] & (m ^ 1);
+    }
+  }
+
   // Bernoulli: tokens [t0, t1) of segment s with parameters P.
   void bernoulli_range(int64_t s, int64_t t0, int64_t t1, const SegParams& P, DrawWindow& win) const {
     const int64_t q = c.seg_seq[s];
     const int64_t base = c.cu[q], len = c.cu[q + 1] - base;
     alignas(64) uint8_t m8[kChunk], c8[kChunk], g8[kChunk], mk[kChunk];
+    alignas(64) uint32_t lw0[kChunk], lw1[kChunk];
+    const uint32_t* lw[2] = {lw0, lw1};
     for (int64_t t = t0; t < t1;) {
       const int64_t p = t - base;
       const int64_t n = std::min(t1 - t, ((p & ~(kBlockPos - 1)) + kChunk) - p);
       const uint32_t* r = win.get(c, q, p, n, len, kStreamBernoulli);
       bits(q, t, p, n, mk, g8);
-      const uint32_t thr0 = P.thr[0], thr1 = P.thr[1];
-      const uint8_t en0 = P.en[0], en1 = P.en[1];
-      for (int64_t i = 0; i < n; ++i) {
-        const uint8_t g = g8[i];
-        const uint32_t thr = g ? thr1 : thr0;
-        const uint8_t en = g ? en1 : en0;
-        const uint8_t m = mk[i] & en & uint8_t(r[i] <= thr);
-        m8[i] = m;
-        c8[i] = mk[i] & (m ^ 1);
-      }
-      emit(P, t, n, m8, c8, g8);
+      bernoulli_decide(P, n, r, mk, g8, m8, c8);
+      loss_weight_bits(P, n, m8, c8, g8, lw0, lw1);
+      emit(t, n, m8, c8, lw);
       t += n;
+    }
+  }
+
+  // Bernoulli: the whole segments [s0, s1). Segments that lie inside one draw chunk of their
+  // sequence (blocks of block diffusion) are taken together: one maskable/group pass and one
+  // emit() per run of such segments, then per segment only its counts, rates and decisions.
+  void bernoulli_segments(int64_t s0, int64_t s1, DrawWindow& win) const {
+    alignas(64) uint8_t m8[kChunk], c8[kChunk], g8[kChunk], mk[kChunk];
+    alignas(64) uint32_t lw0[kChunk], lw1[kChunk];
+    const uint32_t* lw[2] = {lw0, lw1};
+    for (int64_t s = s0; s < s1;) {
+      const int64_t q = c.seg_seq[s];
+      const int64_t base = c.cu[q], len = c.cu[q + 1] - base;
+      const int64_t a = c.seg_start[s], p = a - base;
+      const int64_t lim = base + (p & ~(kBlockPos - 1)) + kChunk;  // first token past the draw chunk
+      int64_t sb = s;
+      while (sb < s1 && c.seg_seq[sb] == q && c.seg_start[sb + 1] <= lim) ++sb;
+      if (sb == s) {  // a segment longer than the chunk
+        bernoulli_segment(s, win);
+        ++s;
+        continue;
+      }
+      const int64_t n = c.seg_start[sb] - a;  // 0 <= n <= kChunk
+      const uint32_t* r = n ? win.get(c, q, p, n, len, kStreamBernoulli) : nullptr;
+      bits(q, a, p, n, mk, g8);
+      for (; s < sb; ++s) {
+        const int64_t o = c.seg_start[s] - a, L = c.seg_start[s + 1] - c.seg_start[s];
+        int64_t nm = 0, n1 = 0;
+        for (int64_t i = o; i < o + L; ++i) nm += mk[i], n1 += g8[i];
+        SegParams P;
+        params(P, solve_segment(s, nm, n1), s);
+        bernoulli_decide(P, L, r + o, mk + o, g8 + o, m8 + o, c8 + o);
+        loss_weight_bits(P, L, m8 + o, c8 + o, g8 + o, lw0 + o, lw1 + o);
+      }
+      if (n) emit(a, n, m8, c8, lw);
     }
   }
 
@@ -418,6 +469,8 @@ struct Kernel {
       }
     }
     alignas(64) uint8_t m8[kChunk], c8[kChunk];
+    alignas(64) uint32_t lw0[kChunk], lw1[kChunk];
+    const uint32_t* lw[2] = {lw0, lw1};
     const uint32_t rc0 = P.rc[0], rc1 = P.rc[1], ic0 = P.ic[0], ic1 = P.ic[1];
     const uint32_t en0 = P.en[0], en1 = P.en[1];
     for (int64_t i0 = 0; i0 < L; i0 += kChunk) {
@@ -435,7 +488,8 @@ struct Kernel {
         c8[i] = uint8_t(mki & (msk ^ 1u));
         g8[i] = uint8_t(g);
       }
-      emit(P, a + i0, m, m8, c8, g8);
+      loss_weight_bits(P, m, m8, c8, g8, lw0, lw1);
+      emit(a + i0, m, m8, c8, lw);
     }
   }
 
@@ -447,10 +501,11 @@ struct Kernel {
       bernoulli_range(it.s0, it.t0, it.t1, *split_params, win);
       return;
     }
-    for (int64_t s = it.s0; s < it.s1; ++s) {
-      if (c.exact) exact_segment(s, win, sc);
-      else bernoulli_segment(s, win);
+    if (!c.exact) {
+      bernoulli_segments(it.s0, it.s1, win);
+      return;
     }
+    for (int64_t s = it.s0; s < it.s1; ++s) exact_segment(s, win, sc);
   }
 };
 

@@ -414,7 +414,7 @@ def normalize(
                 raise ValueError("priority: float weights must be finite and >= 0")
             if float(weight) != 1.0:
                 raise ValueError(f"weight: must be 1 with float32 priority (the weights are its values), got {weight}")
-        elif priority.dtype != torch.uint8:
+        elif priority.dtype not in (torch.uint8, torch.bool):  # every kernel reads bool and uint8 bytes as != 0
             priority = priority != 0
     if prompt_lens is not None:
         prompt_lens = _flat("prompt_lens", prompt_lens, (B,), dev, validation.INT_DTYPES).to(torch.int64)

@@ -72,6 +72,23 @@ def test_both_instruction_sets_and_threads(monkeypatch):
         monkeypatch.delenv("DLLM_MASKS_CPU_ISA")
 
 
+@pytest.mark.parametrize("sampling", ["bernoulli", "exact"])
+@pytest.mark.parametrize("narrow", [False, True])
+def test_long_segments_with_negative_zero_weights(monkeypatch, sampling, narrow):
+    """The exponent histogram: one pass per exponent when the positive weights span at most 8
+    exponents (narrow: 0.25-5, with zeros), else interleaved tables from 512 tokens on (graded:
+    zeros and 1e30). -0.0 is a zero weight in both (its sign bit must not put it in a bucket)."""
+    lengths = [63, 64, 511, 512, 513, 2048, 4099, 3]
+    g = torch.Generator().manual_seed(11)
+    kw = packed_case(lengths, seed=11, sampling=sampling, complementary=True, loss_weight="token")
+    w = (0.25 + 4.75 * torch.rand(sum(lengths), generator=g)).to(F32) if narrow else weights(sum(lengths), g, "graded")
+    kw["priority"] = torch.where(torch.rand(w.numel(), generator=g) < 0.2, torch.tensor(-0.0), w)
+    assert (torch.signbit(kw["priority"]) & (kw["priority"] == 0)).any()
+    check(kw)
+    monkeypatch.setenv("DLLM_MASKS_CPU_ISA", "baseline")
+    check(kw)
+
+
 def test_boolean_equals_two_level_weights_on_cpp():
     kw = packed_case([5, 0, 1, 31, 33, 4097, 3], seed=1, complementary=True, loss_weight="token", weight=5.0)
     for sampling in ("bernoulli", "exact"):

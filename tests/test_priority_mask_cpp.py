@@ -153,16 +153,42 @@ def test_threads_give_the_same_answer(sampling, block):
     assert_same(one, dm.priority_mask(**kw, backend="ref"), "vs reference")
 
 
-def test_large_batches():
+def test_large_batches(monkeypatch):
     # 64 x 2048 (exact, int32 ids); then ~520K tokens of uneven lengths, whose 18 MB of outputs
     # take the streaming-store path (from 16 MiB) with unaligned starts, and huge-page hints.
+    # DLLM_MASKS_CPU_STREAM_BYTES sets the threshold: 0 streams every output, a huge value none.
     kw = packed_case([2048] * 64, seed=64, dtype=torch.int32, sampling="exact", complementary=True, weight=2.0,
                      loss_weight="token")
     _check(kw, "64 x 2048 exact")
     lengths = torch.randint(1000, 3100, (256,), generator=torch.Generator().manual_seed(5)).tolist()
-    kw = packed_case(lengths, seed=65, complementary=True, weight=2.0, loss_weight="sigma")
     assert 2 * sum(lengths) * (8 + 1 + 8 + 4) >= 16 << 20
-    _check(kw, "256 uneven sequences, bernoulli")
+    for sampling, block in [("bernoulli", None), ("exact", 32), ("bernoulli", 3)]:
+        kw = packed_case(lengths, seed=65, complementary=True, weight=2.0, loss_weight="sigma", sampling=sampling,
+                         block_size=block)
+        want = dm.priority_mask(**kw, backend="ref")
+        for stream in ("0", str(1 << 50)):
+            monkeypatch.setenv("DLLM_MASKS_CPU_STREAM_BYTES", stream)
+            assert_same(dm.priority_mask(**kw, backend="cpp"), want, f"256 uneven sequences, {sampling}, K={block}, "
+                        f"streaming threshold {stream}")
+
+
+@pytest.mark.parametrize("block", [1, 2, 3, 4, 7, 32, 33, 64, 100, 255, 256, 257])
+def test_short_blocks_share_draw_chunks(monkeypatch, block):
+    """Blocks that fit in a 256-position draw chunk are decided together and written by one pass
+    per run of blocks; runs end at chunk and sequence boundaries, blocks longer than a chunk take
+    the per-segment path. Every prompt mode, loss weights, both views, both builds."""
+    lengths = [0, 1, 3, 5, 31, 33, 255, 256, 257, 4097, 600, 0, 2]
+    cases = [packed_case(lengths, seed=block, block_size=block, complementary=True, weight=2.0, loss_weight="token"),
+             packed_case(lengths, seed=block + 1, block_size=block, complementary=False, weight=0.5,
+                         loss_weight="sigma", prompt=False, dtype=torch.int32),
+             packed_case(lengths, seed=block + 2, block_size=block, complementary=True, weight=math.inf,
+                         prompt=False, maskable=torch.rand(sum(lengths), generator=torch.Generator().manual_seed(block)) < 0.8)]
+    for kw in cases:
+        want = dm.priority_mask(**kw, backend="ref")
+        assert_same(dm.priority_mask(**kw, backend="cpp"), want, f"K={block} {C.kernel_isa()}")
+        monkeypatch.setenv("DLLM_MASKS_CPU_ISA", "baseline")
+        assert_same(dm.priority_mask(**kw, backend="cpp"), want, f"K={block} baseline")
+        monkeypatch.delenv("DLLM_MASKS_CPU_ISA")
 
 
 @pytest.mark.parametrize("lw,block,comp", [(2, 0, True), (0, 0, False), (1, 4, True)])
