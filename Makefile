@@ -27,9 +27,12 @@ install: $(STAMP)
 
 # The main job (a few minutes on 2 cores): annotate the bundled data, train a tiny block-diffusion
 # LM with complementary priority masking, decode and score; writes runs/demo/ (loss.png, log.csv).
+# Then the annotation-free path, briefly: 48 steps with the priority taken from the model's own
+# running loss (mask.priority=loss); writes runs/demo-loss/.
 # Passive OpenMP waiting keeps torch's threads from spinning when the cores are shared.
 demo: $(STAMP)
 	OMP_WAIT_POLICY=PASSIVE $(VENV)/bin/dllm-masks demo
+	OMP_WAIT_POLICY=PASSIVE $(VENV)/bin/dllm-masks demo --priority loss --steps 48 --brief
 
 test: $(STAMP)
 	TRITON_INTERPRET=1 $(PY) -m pytest -q

@@ -36,6 +36,16 @@ def records(n: int = 48, seed: int = 0):
     return out
 
 
+def tokenized(n: int = 12, block_size: int = 8):
+    """(compact tokenizer, tokenized samples) of ``records(n)``."""
+    from dllm_masks.data import CompactTokenizer, load_samples, load_tokenizer, tokenize_samples
+
+    base = load_tokenizer("deepseek")
+    samples = load_samples(records(n))
+    tok = CompactTokenizer(base, {i for s in samples for i in base.encode(s.prompt + s.answer)[0]})
+    return tok, tokenize_samples(samples, tok, block_size=block_size, progress=False)
+
+
 def tiny_config(run_dir, **over):
     """A model and data small enough for a step in well under a second on one thread."""
     cfg = {

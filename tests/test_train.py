@@ -15,9 +15,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from _sft import records, tiny_config
+from _sft import records, tiny_config, tokenized
 from dllm_masks.blockdiff import BlockDiffAttention, training_layout
-from dllm_masks.data import CompactTokenizer, MaskConfig, load_samples, load_tokenizer, mask_batch, pack, tokenize_samples
+from dllm_masks.data import MaskConfig, mask_batch, pack
 from dllm_masks.train import checkpoint as ck
 from dllm_masks.train.config import TrainConfig, load_config
 from dllm_masks.train.loop import train
@@ -46,10 +46,7 @@ def _final_params(run_dir):
 
 @pytest.fixture(scope="module")
 def batch():
-    base = load_tokenizer("deepseek")
-    samples = load_samples(records(12))
-    tok = CompactTokenizer(base, {i for s in samples for i in base.encode(s.prompt + s.answer)[0]})
-    seqs = tokenize_samples(samples, tok, block_size=8, progress=False)
+    tok, seqs = tokenized(12)
     pb = pack(seqs, list(range(len(seqs))), 2048)[0]
     return tok, mask_batch(pb, MaskConfig(block_size=8), mask_token_id=tok.mask_id, seed=0)
 

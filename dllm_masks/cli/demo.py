@@ -6,6 +6,11 @@ GSM8K-style problems) with the rule extractors at the paper's fractions (10% of 
 math), fine-tunes a small LLaDA-style transformer with block diffusion (block size 32, σ_t in
 [0.3, 0.8] per block, complementary priority masking with w = 2, ``<eos>`` maskable), then decodes
 held-out and training prompts block by block and scores them.
+
+``--priority loss`` (or ``confidence``, ``mix``, ``none``) trains the same recipe with the
+priority taken from the model instead of the annotations (``mask.priority``, see
+docs/training.md): the annotation-free path. ``make demo`` runs a short second demo with
+``--priority loss --brief``.
 """
 from __future__ import annotations
 
@@ -91,12 +96,26 @@ def run_demo(args) -> int:
         cfg["eval"]["every"] = max(1, args.steps // 4)
     if args.threads:
         cfg["threads"] = args.threads
+    if args.priority != "rules":
+        cfg["mask"]["priority"] = args.priority
+        if not args.run_dir:
+            cfg["run_dir"] = f"{DEMO_CONFIG['run_dir']}-{args.priority}"
+    if args.brief:
+        cfg["eval"].update(every=0, generate=0, generate_train=0, show=0)
     cfg = apply_overrides(cfg, args.set)
     t0 = time.perf_counter()
-    print("dllm-masks demo: block-diffusion SFT with complementary priority masking (the paper's recipe: "
-          f"block size {cfg['mask']['block_size']}, sigma in [{cfg['mask']['sigma_low']}, "
-          f"{cfg['mask']['sigma_high']}], w = {cfg['mask']['weight']}, <eos> maskable), "
+    prio = cfg["mask"].get("priority", "rules")
+    what = {"rules": f"w = {cfg['mask']['weight']} on the annotated dense spans",
+            "none": "no priority (uniform masks)",
+            "loss": "priority from the model's own running loss per token, no annotation",
+            "confidence": "priority from the model's confidence with the answer masked, no annotation",
+            "mix": f"the model's running loss times w = {cfg['mask']['weight']} on the annotated spans"}[prio]
+    print(f"dllm-masks demo{' (mask.priority=' + prio + ')' if prio != 'rules' else ''}: block-diffusion SFT "
+          f"with complementary priority masking (block size {cfg['mask']['block_size']}, sigma in "
+          f"[{cfg['mask']['sigma_low']}, {cfg['mask']['sigma_high']}], {what}, <eos> maskable), "
           f"torch threads: {torch.get_num_threads() if not cfg.get('threads') else cfg['threads']}")
+    if prio in ("loss", "confidence", "none"):
+        print("training ignores the rule spans; they only split the held-out accuracy into dense tokens and the rest")
     result = train(cfg, resume=args.resume, echo=print, evaluators=[after_training])
     from .train import summarize
 
@@ -182,6 +201,12 @@ def add_parser(sub) -> None:
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
     p.add_argument("--resume", action="store_true", help="continue an interrupted demo instead of starting over")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config key")
+    p.add_argument("--priority", default="rules", choices=["rules", "none", "loss", "confidence", "mix"],
+                   help="mask.priority: where the priority comes from (default: the annotated rule spans; "
+                        "loss/confidence: from the model, no annotation; run dir runs/demo-PRIORITY)")
+    p.add_argument("--brief", action="store_true",
+                   help="no periodic held-out evaluation, generations or fill-in example: the training, "
+                        "the held-out metrics at the end and the cost of the priority")
     p.set_defaults(func=run_demo)
 
     q = sub.add_parser("show-mask", help="show complementary priority masking on a small code sample")

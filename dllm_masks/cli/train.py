@@ -23,6 +23,11 @@ def summarize(result: dict, echo=print) -> None:
         echo(f"held-out loss {h['loss']:.4f}; masked-token accuracy {pct(h['acc'])} "
              f"(information-dense tokens {pct(h['dense_acc'])}, the rest {pct(h['other_acc'])}; "
              f"{h['tokens']} tokens, uniform masks)")
+    imp = result.get("importance")
+    if imp and imp.get("ms_per_step") is not None:
+        echo(f"priority from the model (mask.priority={imp['source']}, scores updated every {imp['every']} step(s)): "
+             f"{imp['ms_per_step']:.1f} ms per step, score store {imp['store_bytes'] / 2**10:,.0f} KiB, extra peak "
+             f"{imp['peak_bytes'] / 2**20:.1f} MiB; {imp['scored_tokens']:,} of {imp['tokens']:,} tokens scored")
     m = result.get("metrics") or {}
     if "math_accuracy" in m:
         echo(f"held-out math accuracy (final-answer exact match): {m['math_accuracy']:.1%} of {m['math_n']}")

@@ -3,6 +3,7 @@ the training step: both give the same masks (the op is bit-identical across back
 same seed and ``sample_ids``, and σ is drawn per sample key, not per batch)."""
 from __future__ import annotations
 
+import numbers
 from dataclasses import asdict, dataclass
 from typing import List, Optional, Sequence
 
@@ -14,8 +15,26 @@ from ..schedules import STREAM_SIGMA, keyed_sigma
 from .pack import PackedBatch, StepPlan, pack
 from .tokenize import TokenizedSample
 
-__all__ = ["MaskConfig", "keyed_sigma", "TrainBatch", "mask_batch", "StepDataset", "STREAM_SIGMA"]
+__all__ = ["MaskConfig", "keyed_sigma", "TrainBatch", "mask_batch", "StepDataset", "STREAM_SIGMA",
+           "PRIORITY_SOURCES", "MODEL_SOURCES"]
 
+# Where the per-token priority of the masks comes from (``mask.priority``).
+PRIORITY_SOURCES = ("rules", "none", "loss", "confidence", "mix")
+# The sources whose weights come from the model being trained (float32 priority from the training loop).
+MODEL_SOURCES = ("loss", "confidence", "mix")
+
+
+def _check_float(name: str, x, low: float, high: float, *, low_open: bool = False, high_open: bool = False) -> float:
+    """``x`` as a finite float in the interval; errors name ``name``."""
+    if isinstance(x, bool) or not isinstance(x, numbers.Real):
+        raise ValueError(f"{name}: expected a number, got {type(x).__name__} {x!r}")
+    x = float(x)
+    below = x <= low if low_open else x < low
+    above = x >= high if high_open else x > high
+    if x != x or below or above or x in (float("inf"), float("-inf")):
+        lo, hi = ("(" if low_open else "[") + f"{low:g}", f"{high:g}" + (")" if high_open else "]")
+        raise ValueError(f"{name}: must be a finite number in {lo}, {hi}, got {x!r}")
+    return x
 
 
 @dataclass
@@ -39,7 +58,26 @@ class MaskConfig:
     loss_weight : {"sigma", "token", None}
         Per-token loss weights from the op (1/σ and 1/(1−σ) by default).
     device : {"worker", "step"}
-        Mask in the data pipeline on the CPU, or in the step on the training device.
+        Mask in the data pipeline on the CPU, or in the step on the training device. The model
+        sources of ``priority`` need the step (the training loop switches to it and says so).
+    priority : {"rules", "none", "loss", "confidence", "mix"}
+        Source of the per-token priority. ``"rules"``: the samples' dense spans (bool priority,
+        ``weight``). ``"none"``: no priority, uniform masking (spans ignored, ``weight`` unused).
+        ``"loss"``: self-paced, from a running per-token loss of each sample;
+        ``"confidence"``: from ``1 − p(correct token)`` of a no-grad pass with the whole answer
+        masked; ``"mix"``: the loss weights times ``weight`` on the dense spans. The model
+        sources give the op float32 weights (``dllm_masks.train.importance``).
+    importance_gamma : float
+        γ ≥ 0 of the bounded map ``w_i = clip((s_i / mean_s)^γ, importance_min, importance_max)``
+        (0: uniform).
+    importance_min, importance_max : float
+        Bounds of the map: ``importance_min`` in (0, 1], ``importance_max`` in [1, 1e6].
+    importance_every : int
+        Update the per-token scores every this many steps (steps ``s`` with ``s % every == 0``);
+        the other steps read the scores as last updated.
+    importance_decay : float
+        EMA factor in [0, 1) of the running loss: ``ℓ ← decay·ℓ + (1 − decay)·CE`` each time a
+        token is scored (0: the last loss only).
     """
 
     weight: float = 2.0
@@ -51,6 +89,12 @@ class MaskConfig:
     sampling: str = "bernoulli"
     loss_weight: Optional[str] = "sigma"
     device: str = "worker"
+    priority: str = "rules"
+    importance_gamma: float = 1.0
+    importance_min: float = 0.25
+    importance_max: float = 4.0
+    importance_every: int = 1
+    importance_decay: float = 0.5
 
     def __post_init__(self):
         validation.check_weight(self.weight)
@@ -65,6 +109,23 @@ class MaskConfig:
         validation.check_choice("mask.sampling", self.sampling, ("bernoulli", "exact"))
         validation.check_choice("mask.loss_weight", self.loss_weight, ("sigma", "token", None))
         validation.check_choice("mask.device", self.device, ("worker", "step"))
+        validation.check_choice("mask.priority", self.priority, PRIORITY_SOURCES)
+        self.importance_gamma = _check_float("mask.importance_gamma", self.importance_gamma, 0.0, 100.0)
+        self.importance_min = _check_float("mask.importance_min", self.importance_min, 0.0, 1.0, low_open=True)
+        self.importance_max = _check_float("mask.importance_max", self.importance_max, 1.0, 1e6)
+        try:
+            validation.check_int("mask.importance_every", self.importance_every, low=1)
+        except TypeError as e:
+            raise ValueError(str(e)) from None
+        self.importance_decay = _check_float("mask.importance_decay", self.importance_decay, 0.0, 1.0,
+                                             high_open=True)
+        if self.priority == "mix" and self.weight == float("inf"):
+            raise ValueError("mask.weight: must be finite with mask.priority='mix' (it multiplies float weights)")
+
+    @property
+    def model_based(self) -> bool:
+        """Whether the priority comes from the model being trained (``loss``, ``confidence``, ``mix``)."""
+        return self.priority in MODEL_SOURCES
 
     @property
     def views(self) -> int:
@@ -128,7 +189,7 @@ class TrainBatch:
 
 
 def mask_batch(batch: PackedBatch, cfg: MaskConfig, *, mask_token_id: int, seed: int,
-               device=None, backend: Optional[str] = None) -> TrainBatch:
+               device=None, backend: Optional[str] = None, importance: Optional[torch.Tensor] = None) -> TrainBatch:
     """Noise one packed batch with complementary priority masking.
 
     Parameters
@@ -142,18 +203,38 @@ def mask_batch(batch: PackedBatch, cfg: MaskConfig, *, mask_token_id: int, seed:
         Where to mask (default: where ``batch`` is); the result lives there.
     backend : str, optional
         Force a ``priority_mask`` backend (tests).
+    importance : torch.Tensor, float32, [T], optional
+        Per-token weights of a model source (``cfg.priority`` in ``"loss"``, ``"confidence"``,
+        ``"mix"``; required there, refused otherwise), from
+        :class:`dllm_masks.train.importance.Importance`: the op's float priority (weight 1.0).
 
     Returns
     -------
     TrainBatch
     """
+    if cfg.priority in MODEL_SOURCES:
+        if importance is None:
+            raise ValueError(f"importance: mask.priority={cfg.priority!r} takes float32 weights from the training "
+                             "loop (dllm_masks.train.importance); pass them as importance=")
+        validation.check_tensor("importance", importance, dtypes=(torch.float32,), ndim=1)
+        if importance.numel() != batch.num_tokens:
+            raise ValueError(f"importance: expected {batch.num_tokens} weights, one per token, got {importance.numel()}")
+        priority, weight = importance, 1.0
+    elif importance is not None:
+        raise ValueError(f"importance: mask.priority={cfg.priority!r} takes no float weights")
+    elif cfg.priority == "none":
+        priority, weight = None, 1.0
+    else:
+        priority, weight = batch.priority, cfg.weight
     if device is not None:
         batch = batch.to(device)
+    if priority is not None:
+        priority = priority.to(batch.input_ids.device)
     K = cfg.block_size if cfg.sigma_per_block else None
     sigma = keyed_sigma(batch.sample_ids, batch.cu_seqlens, low=cfg.sigma_low, high=cfg.sigma_high, seed=seed,
                         block_size=K)
     out = priority_mask(batch.input_ids, sigma, mask_token_id=mask_token_id, cu_seqlens=batch.cu_seqlens,
-                        prompt_lens=batch.prompt_lens, priority=batch.priority, weight=cfg.weight,
+                        prompt_lens=batch.prompt_lens, priority=priority, weight=weight,
                         sampling=cfg.sampling, complementary=cfg.complementary, block_size=K, seed=seed,
                         sample_ids=batch.sample_ids, loss_weight=cfg.loss_weight, backend=backend)
     views = cfg.views

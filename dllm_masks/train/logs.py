@@ -13,7 +13,7 @@ __all__ = ["CSV_FIELDS", "RunLog", "read_log", "plot_loss"]
 log = logging.getLogger("dllm_masks")
 
 CSV_FIELDS = ["step", "loss", "eval_loss", "eval_acc", "lr", "grad_norm", "tokens", "masked", "seqs", "micro_batches",
-              "epoch", "elapsed_s"]
+              "epoch", "elapsed_s", "importance_ms", "importance_store_bytes", "importance_peak_bytes"]
 
 
 def read_log(path: str) -> List[Dict[str, str]]:
@@ -62,7 +62,7 @@ class RunLog:
         self._w.writerow({k: ("" if row.get(k) is None else row[k]) for k in CSV_FIELDS})
         self._f.flush()
         if self.tb is not None:
-            for k in ("loss", "eval_loss", "eval_acc", "lr", "grad_norm"):
+            for k in ("loss", "eval_loss", "eval_acc", "lr", "grad_norm", "importance_ms"):
                 if row.get(k) is not None:
                     self.tb.add_scalar(f"train/{k}", float(row[k]), row["step"])
 

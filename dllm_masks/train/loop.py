@@ -17,7 +17,7 @@ import math
 import os
 import time
 from contextlib import nullcontext
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Callable, Optional, Sequence
 
 import torch
@@ -30,6 +30,7 @@ from . import checkpoint as ck
 from .config import TRAJECTORY_EXEMPT, TrainConfig
 from .logs import RunLog, plot_loss
 from .forward import autocast_for, eval_mode, masked_forward
+from .importance import Importance
 from .loss import loss_terms, normalizer
 from .model import build_model
 
@@ -105,6 +106,31 @@ class _Env:
             dist.all_reduce(t)
         return t.tolist()
 
+    def all_gather_rows(self, rows: torch.Tensor) -> torch.Tensor:
+        """Concatenate every rank's ``rows`` (float64 [n_r, k], on the CPU) in rank order."""
+        if self.world == 1:
+            return rows
+        x = rows.to(self.device)
+        n = torch.tensor([x.shape[0]], dtype=torch.int64, device=self.device)
+        sizes = [torch.zeros_like(n) for _ in range(self.world)]
+        dist.all_gather(sizes, n)
+        m = max(int(t) for t in sizes)
+        buf = torch.zeros((m,) + tuple(x.shape[1:]), dtype=x.dtype, device=self.device)
+        buf[: x.shape[0]] = x
+        outs = [torch.empty_like(buf) for _ in range(self.world)]
+        dist.all_gather(outs, buf)
+        return torch.cat([o[: int(k)] for o, k in zip(outs, sizes)]).cpu()
+
+    def same_everywhere(self, values) -> bool:
+        """Whether every rank holds the same ``values`` (floats)."""
+        if self.world == 1:
+            return True
+        hi = torch.tensor(values, dtype=torch.float64, device=self.device)
+        lo = -hi
+        dist.all_reduce(hi, op=dist.ReduceOp.MAX)
+        dist.all_reduce(lo, op=dist.ReduceOp.MAX)
+        return bool(torch.equal(hi, -lo))
+
     def barrier(self):
         if self.world > 1:
             dist.barrier()
@@ -117,11 +143,6 @@ class _Env:
 def _forward(model, b: TrainBatch, cfg: TrainConfig, device, block_size: int):
     return masked_forward(model, b, block_size=block_size, attention=cfg.model.attention,
                           autocast=autocast_for(device, cfg.bf16))
-
-
-def _forward_loss(model, b: TrainBatch, cfg: TrainConfig, device):
-    logits, idx = _forward(model, b, cfg, device, cfg.mask.block_size)
-    return loss_terms(logits, b, idx, cfg.loss_norm)
 
 
 EVAL_SEED = 0x5EED  # held-out masks are the same for every run, whatever its seed or masking recipe
@@ -227,7 +248,10 @@ def train(config, *, stop_after: Optional[int] = None, resume: bool = True, prog
         the rest), ``metrics``
         (``math_accuracy``, ``code_pass@1``, counts), ``generations``, ``wall_s``,
         ``train_s``, ``tokens_per_s``, ``run_dir``, ``log_csv``, ``plot``, ``checkpoint``,
-        ``dropped_samples``, ``world_size``.
+        ``dropped_samples``, ``world_size``, ``priority`` (``mask.priority``), ``importance`` (None,
+        or for a model source the dict of
+        :meth:`dllm_masks.train.importance.Importance.summary`: ``source``, ``ms_per_step``,
+        ``store_bytes``, ``peak_bytes``, ``every``, ``scored_tokens``, ``tokens``).
     """
     from tqdm.auto import tqdm
 
@@ -277,6 +301,7 @@ class _Run:
     ckpt_dir: str
     show: bool
     say: Callable[[str], None]
+    importance: Optional[Importance] = None  # the model-based priority (mask.priority loss/confidence/mix)
     t_wall: float = 0.0  # perf_counter() when train() was called
     last_path: Optional[str] = None  # the newest checkpoint written
     tokens: int = 0  # tokens trained on by this call
@@ -309,7 +334,8 @@ def _check_folders(run_dir: str, ckpt_dir: str) -> None:
             raise ck.CheckpointError(f"{name}: {path} exists and is not a folder; move it away or choose another run_dir")
 
 
-def _resume_point(cfg: TrainConfig, env: "_Env", data: SFTData, model, opt, ckpt_dir: str, resume: bool, say) -> int:
+def _resume_point(cfg: TrainConfig, env: "_Env", data: SFTData, model, opt, ckpt_dir: str, resume: bool, say,
+                  importance: Optional[Importance] = None) -> int:
     """Clean the checkpoint folder, load the newest checkpoint when resuming; the step to start at."""
     _check_folders(cfg.run_dir, ckpt_dir)
     if env.main:
@@ -329,6 +355,14 @@ def _resume_point(cfg: TrainConfig, env: "_Env", data: SFTData, model, opt, ckpt
     _check_resume(state, path, cfg, data)
     model.load_state_dict(state["model"])
     opt.load_state_dict(state["optim"])
+    if importance is not None:
+        if "importance" not in state:
+            raise ck.CheckpointError(f"checkpoint {path}: has no importance score store (mask.priority="
+                                     f"{cfg.mask.priority!r} needs one)")
+        try:
+            importance.load_state_dict(state["importance"])
+        except ValueError as e:
+            raise ck.CheckpointError(f"checkpoint {path}: {e}") from None
     say(f"resuming from {path} (step {int(state['step'])})")
     return int(state["step"])
 
@@ -336,11 +370,21 @@ def _resume_point(cfg: TrainConfig, env: "_Env", data: SFTData, model, opt, ckpt
 def _setup(cfg: TrainConfig, env: "_Env", *, resume: bool, stop_after: Optional[int], show: bool, say) -> _Run:
     """Data, model, optimizer, resume point and the step loader of a run."""
     device = env.device
+    if cfg.mask.model_based and cfg.mask.device != "step":
+        cfg = replace(cfg, mask=replace(cfg.mask, device="step"))
+        log.info("dllm_masks: mask.priority=%r: masking runs in the training step (mask.device='step'), "
+                 "where the importance scores live", cfg.mask.priority)
+        say(f"mask.priority={cfg.mask.priority!r}: masking in the training step (mask.device='step'), "
+            "where the importance scores live")
     data = build_data(cfg.data, cfg.mask.block_size, cfg.seed, progress=show, log=say)
     tok = data.tokenizer
     mcfg, model, opt = _build_model_and_optimizer(cfg, data, device)
+    importance = None
+    if cfg.mask.model_based:
+        importance = Importance(cfg.mask, [len(s) for s in data.train], device, tok.mask_id,
+                                all_gather=env.all_gather_rows if env.world > 1 else None)
     ckpt_dir = os.path.join(cfg.run_dir, "checkpoints")
-    start = _resume_point(cfg, env, data, model, opt, ckpt_dir, resume, say)
+    start = _resume_point(cfg, env, data, model, opt, ckpt_dir, resume, say, importance)
     if env.main:
         with open(os.path.join(cfg.run_dir, "config.json"), "w") as f:
             json.dump(cfg.to_dict(), f, indent=1)
@@ -362,15 +406,20 @@ def _setup(cfg: TrainConfig, env: "_Env", *, resume: bool, stop_after: Optional[
             f"{tok.vocab_size}; data: {len(data.train)} train / {len(data.eval)} held-out sequences"
             + (f", {data.dropped} longer than {cfg.data.max_length} dropped" if data.dropped else "")
             + f"; {env.world} rank(s) on {device.type}")
-    return _Run(cfg, env, data, model, ddp, opt, plan, loader, start, end, n_params, ckpt_dir, show, say)
+    return _Run(cfg, env, data, model, ddp, opt, plan, loader, start, end, n_params, ckpt_dir, show, say,
+                importance=importance)
 
 
 def _step(run: _Run, step: int, micro: list) -> dict:
     """One optimizer step over the micro-batches of ``step``; its loss and counts (summed over ranks)."""
     cfg, env, device = run.cfg, run.env, run.env.device
     mask_id = run.data.tokenizer.mask_id
+    imp, packed = run.importance, micro
+    if imp is not None:
+        imp.begin_step(step, micro, run.model, lambda m, b: _forward(m, b, cfg, device, cfg.mask.block_size))
     if cfg.mask.device == "step":
-        micro = [mask_batch(b, cfg.mask, mask_token_id=mask_id, seed=cfg.seed, device=device) for b in micro]
+        micro = [mask_batch(b, cfg.mask, mask_token_id=mask_id, seed=cfg.seed, device=device,
+                            importance=imp.weights(b) if imp is not None else None) for b in micro]
     else:
         micro = [b.to(device, non_blocking=True) for b in micro]
     lr = lr_at(step, cfg)
@@ -385,9 +434,15 @@ def _step(run: _Run, step: int, micro: list) -> dict:
         sync = i == len(micro) - 1
         ctx = run.ddp.no_sync() if (env.world > 1 and not sync) else nullcontext()
         with ctx:
-            s, _ = _forward_loss(run.ddp, b, cfg, device)
+            logits, idx = _forward(run.ddp, b, cfg, device, cfg.mask.block_size)
+            s, _ = loss_terms(logits, b, idx, cfg.loss_norm)
             (s * (env.world / denom)).backward()
+        if imp is not None:
+            imp.observe(packed[i], b, logits, idx)
+        del logits
         loss_sum += s.detach().double()
+    if imp is not None:
+        imp.end_step()
     params = run.model.parameters
     gnorm = (torch.nn.utils.clip_grad_norm_(params(), cfg.optim.clip_grad) if cfg.optim.clip_grad > 0 else
              torch.linalg.vector_norm(torch.stack([p.grad.norm() for p in params() if p.grad is not None])))
@@ -396,8 +451,11 @@ def _step(run: _Run, step: int, micro: list) -> dict:
     loss = env.all_sum([float(loss_sum)])[0] / denom
     if not math.isfinite(loss):
         raise FloatingPointError(f"step {step + 1}: the loss is {loss}; lower optim.lr or check the data")
-    return {"loss": loss, "lr": lr, "grad_norm": float(gnorm), "tokens": int(n_tok), "masked": int(n_masked),
-            "seqs": int(n_seqs), "micro_batches": len(micro)}
+    out = {"loss": loss, "lr": lr, "grad_norm": float(gnorm), "tokens": int(n_tok), "masked": int(n_masked),
+           "seqs": int(n_seqs), "micro_batches": len(micro)}
+    if imp is not None:
+        out.update(imp.cost())
+    return out
 
 
 def _run_steps(run: _Run, tqdm):
@@ -423,12 +481,15 @@ def _run_steps(run: _Run, tqdm):
                               "lr": f"{m['lr']:.6g}", "grad_norm": f"{m['grad_norm']:.4f}", "tokens": m["tokens"],
                               "masked": m["masked"], "seqs": m["seqs"], "micro_batches": m["micro_batches"],
                               "epoch": f"{plan.epoch_of(done):.3f}",
-                              "elapsed_s": f"{time.perf_counter() - run.t_wall:.2f}"})
+                              "elapsed_s": f"{time.perf_counter() - run.t_wall:.2f}",
+                              "importance_ms": f"{m['importance_ms']:.3f}" if "importance_ms" in m else None,
+                              "importance_store_bytes": m.get("importance_store_bytes"),
+                              "importance_peak_bytes": m.get("importance_peak_bytes")})
             bar.update(1)
             if done % cfg.log_every == 0 or done == run.end:
                 bar.set_postfix(loss=f"{m['loss']:.3f}", lr=f"{m['lr']:.2e}", epoch=f"{plan.epoch_of(done):.1f}")
             if done == run.end or (cfg.ckpt_every and done % cfg.ckpt_every == 0):
-                run.last_path = _save(cfg, env, run.model, run.opt, done, run.data, run.ckpt_dir)
+                run.last_path = _save(cfg, env, run.model, run.opt, done, run.data, run.ckpt_dir, run.importance)
     finally:
         bar.close()
         if runlog is not None:
@@ -447,7 +508,8 @@ def _finish(run: _Run, losses: list, t_train: float, t_wall: float, *, evaluator
               "train_s": t_train, "tokens_per_s": run.tokens / t_train if t_train > 0 else None,
               "dropped_samples": data.dropped, "checkpoint": run.last_path,
               "log_csv": os.path.join(cfg.run_dir, "log.csv"), "eval_loss": None, "heldout": {}, "metrics": {},
-              "generations": [], "fill_in": "", "plot": None}
+              "generations": [], "fill_in": "", "plot": None, "priority": cfg.mask.priority,
+              "importance": run.importance.summary() if run.importance is not None else None}
     finished = run.start + len(losses) >= cfg.max_steps
     if env.main and evaluators is not None and finished:
         result["heldout"] = heldout_metrics(model, data, cfg, env.device, cfg.eval.max_samples)
@@ -456,8 +518,10 @@ def _finish(run: _Run, losses: list, t_train: float, t_wall: float, *, evaluator
             result.update(evaluator(model, data, cfg, env.device, progress=run.show))
     if env.main:
         result["plot"] = plot_loss(result["log_csv"], os.path.join(cfg.run_dir, "loss.png"),
-                                   title=f"{os.path.basename(os.path.normpath(cfg.run_dir))}: w={cfg.mask.weight}, "
-                                         f"complementary={cfg.mask.complementary}, K={cfg.mask.block_size}")
+                                   title=f"{os.path.basename(os.path.normpath(cfg.run_dir))}: "
+                                         + (f"w={cfg.mask.weight}" if cfg.mask.priority == "rules"
+                                            else f"priority={cfg.mask.priority}")
+                                         + f", complementary={cfg.mask.complementary}, K={cfg.mask.block_size}")
         result["wall_s"] = time.perf_counter() - t_wall
         with open(os.path.join(cfg.run_dir, "result.json"), "w") as f:
             json.dump({k: v for k, v in result.items() if k != "losses"}, f, indent=1, default=str)
@@ -466,12 +530,16 @@ def _finish(run: _Run, losses: list, t_train: float, t_wall: float, *, evaluator
     return result
 
 
-def _save(cfg, env, model, opt, step, data, ckpt_dir):
+def _save(cfg, env, model, opt, step, data, ckpt_dir, importance: Optional[Importance] = None):
     path = ck.checkpoint_path(ckpt_dir, step)
+    if importance is not None and not env.same_everywhere(importance.store.checksum()):
+        raise RuntimeError(f"step {step}: the importance score store differs between ranks")
     if env.main:
         state = {"format": 1, "step": step, "model": model.state_dict(), "optim": opt.state_dict(),
                  "config": json.loads(json.dumps(cfg.to_dict())), "fingerprint": config_fingerprint(cfg),
                  "data_digest": data.digest, "tokenizer": data.tokenizer.state()}
+        if importance is not None:
+            state["importance"] = importance.state_dict()
         ck.save_checkpoint(path, state, step=step)
         ck.prune_checkpoints(ckpt_dir, cfg.keep_ckpts)
     env.barrier()
