@@ -123,10 +123,10 @@ ARMS: Dict[str, Arm] = {a.name: a for a in (
     Arm("uniform", "uniform (w = 1)", 1.0),
     Arm("rules10", "rules, w = 2, 10 % annotated", 2.0, annotate=0.1),
     Arm("rules10_rho", "rules, w = 2, 10 %, paper's ρ", 2.0, annotate=0.1, calibrated=True),
-    Arm("loss", "loss-based (self-paced)", 2.0, priority="loss",
-        importance={"importance_gamma": 1.0, "importance_min": 0.5, "importance_max": 2.0}),
-    Arm("confidence", "confidence-based", 2.0, priority="confidence",
-        importance={"importance_gamma": 1.0, "importance_min": 0.5, "importance_max": 2.0}),
+    # the model sources at the library's defaults (γ = 1, weights in [0.25, 4], scores every step,
+    # running-loss decay 0.5); w is unused by them
+    Arm("loss", "loss-based (self-paced), no annotation", 1.0, priority="loss"),
+    Arm("confidence", "confidence-based, no annotation", 1.0, priority="confidence"),
     Arm("hard", "hard, w = ∞, 10 %", math.inf, annotate=0.1),
     Arm("rules10_nocomp", "rules, w = 2, 10 %, no complement, 2× batch", 2.0, complementary=False,
         annotate=0.1, batch_mult=2),
@@ -153,9 +153,11 @@ SIZES: Dict[str, StudySize] = {
     # the test's end-to-end check: seconds
     "micro": StudySize(n_train=64, n_eval=8, steps=3, batch_size=8, d_model=32, n_layers=1, n_heads=2,
                        warmup_steps=1, gen_length=32, steps_per_block=8, seeds=(0, 1), n_gen=4, stats_every=1),
-    # the study: 8 seeds × 7 arms in about half an hour on 2 idle CPU cores (cell.py's model and task,
-    # 500 steps instead of 800 to fit)
-    "study": StudySize(steps=500, seeds=tuple(range(8)), n_gen=100, steps_per_block=16, stats_every=8),
+    # the study: 8 seeds × 7 arms in about 20 minutes on 2 idle CPU cores (56 cells of about 40 CPU
+    # seconds): cell.py's model and task, 200 steps of 16 problems over 1600 training problems (two
+    # epochs, so the self-paced loss source sees every problem a second time)
+    "study": StudySize(n_train=1600, steps=200, warmup_steps=20, seeds=tuple(range(8)), n_gen=60,
+                       steps_per_block=8, stats_every=4),
 }
 
 
@@ -379,14 +381,14 @@ def run_study_cell(size: StudySize, arm: Arm, seed: int, calib: Optional[dict], 
     parts = [v for v in (acc["math"], acc["code"]) if v is not None]
     acc["avg"] = sum(parts) / len(parts) if parts else None
     shutil.rmtree(run_dir, ignore_errors=True)
-    mask = dict(cfg_dict["mask"])
+    mask = cfg.mask.to_dict()  # every key, defaults included
     mask["weight"] = C.weight_name(arm.weight)
     return {
         "key": f"{arm.name}|seed={seed}", "arm": arm.name, "seed": seed, "ce": ce, "accuracy": acc,
         "mask_stats": probe.summary(),
         "train": {"final_loss": res["final_loss"], "steps": res["steps"], "params": res["params"],
                   "train_s": round(t_train, 2), "tokens_per_s": res["tokens_per_s"],
-                  "batch_size": cfg_dict["data"]["batch_size"]},
+                  "batch_size": cfg_dict["data"]["batch_size"], "importance": res.get("importance")},
         "ce_s": round(t_ce, 2), "eval_s": round(time.perf_counter() - t2, 2),
         "wall_s": round(time.perf_counter() - t0, 2), "cpu_s": round(time.process_time() - c0, 2),
         "config": {"mask": mask, "annotate": cfg_dict["data"].get("annotate"),
