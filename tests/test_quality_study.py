@@ -30,7 +30,7 @@ def test_t_quantiles_match_the_tables(p, df, want):
 def test_t_cdf_known_values_and_bad_input():
     assert t_cdf(0.0, 3) == pytest.approx(0.5)
     assert t_cdf(1.0, 1) == pytest.approx(0.75)  # Cauchy: 1/2 + atan(1)/π
-    assert t_cdf(2.0, 2) == pytest.approx(0.5 + 1 / math.sqrt(6) / 1.0 * 1.0, abs=1e-12)  # 1/2 + t/(2√(2+t²))
+    assert t_cdf(2.0, 2) == pytest.approx(0.5 + 1 / math.sqrt(6), abs=1e-12)  # df 2: 1/2 + t/(2√(2+t²))
     with pytest.raises(ValueError, match="^p:"):
         t_quantile(1.0, 3)
     with pytest.raises(ValueError, match="^df:"):
@@ -109,6 +109,10 @@ def test_arms_cover_the_issue():
     assert not nc.complementary and nc.batch_mult == 2 and nc.weight == 2.0 and nc.annotate == 0.1
     assert S.ARMS["hard"].mask_overrides()["sampling"] == "exact"
     assert len(S.SIZES["study"].seeds) >= 8
+    for name in ("loss", "confidence"):  # mask.priority is in this library
+        assert S.arm_available(S.ARMS[name]) is None
+        assert S.ARMS[name].mask_overrides()["priority"] == name
+    assert S.arm_available(S.Arm("x", "x", priority="telepathy")).startswith("mask.priority='telepathy': ")
 
 
 def test_study_micro_end_to_end(tmp_path, capsys):

@@ -190,35 +190,48 @@ def markdown(doc: dict) -> str:
     cfg = doc.get("size_config", {})
     runs = doc.get("runs", [])
     seeds = sorted({c["seed"] for c in cells})
-    L = [f"# A study with power: priority masking in miniature, {len(seeds)} seeds per arm, paired", ""]
+    complete = [s for s in seeds if all(s in data[a]["ce_dense"] for a in arms)]
+    L = [f"# A study with power: priority masking in miniature, {len(complete)} seed(s) paired across "
+         f"{len(arms)} arms", ""]
     L.append(f"{len(cells)} cells from `{doc.get('_path', 'results')}`: model d={cfg.get('d_model')}, "
              f"{cfg.get('n_layers')} layers, {cfg.get('steps')} steps of {cfg.get('batch_size')} problems (lr "
              f"{cfg.get('lr')}), block {cfg.get('block_size')}, σ ∈ [0.3, 0.8] per block; task: {cfg.get('n_train')} "
              f"training / {cfg.get('n_eval')} held-out problems (`dllm_masks/data/tiny_task.py`); accuracy on "
              f"{cfg.get('n_gen')} of them. Every arm trains with the complementary view unless its name says otherwise.")
     wall = sum(r.get("wall_s", 0) for r in runs)
-    cpu = sum(c["wall_s"] for c in cells)
+    cpu = sum(c.get("cpu_s") or 0.0 for c in cells)
     loads = [x for r in runs for x in r.get("load_1m_samples", [])]
     if runs:
         load = (f"; the machine's 1-minute load average at each cell's end: mean {sum(loads) / len(loads):.2f}, "
                 f"max {max(loads):.2f} (2 of it this study's)" if loads else "")
         L.append(f"Wall time {wall / 60:.1f} min over {len(runs)} invocation(s), "
-                 f"{runs[0].get('jobs')} cells at a time × {runs[0].get('threads_per_cell')} thread; the cells' own "
-                 f"times add up to {cpu / 60:.1f} min{load}.")
+                 f"{runs[0].get('jobs')} cells at a time × {runs[0].get('threads_per_cell')} thread{load}. The cells "
+                 f"used {cpu / 60:.1f} CPU-minutes, {cpu / 120:.1f} minutes on 2 idle cores (the idle-machine "
+                 "equivalent; the wall time is longer when the machine is shared).")
+    incomplete = [s for s in seeds if s not in complete]
+    L.append(f"Seeds run in every arm: {complete}" + (f"; seeds {incomplete} ran in only some arms (each "
+                                                      "comparison uses the seeds both of its arms ran)."
+                                                      if incomplete else "."))
     skipped = doc.get("skipped", {})
     if skipped:
         L.append("Arms not run: " + "; ".join(f"`{a}` ({why})" for a, why in skipped.items()) + ".")
     L.append("")
-    L += ["## Arms", "", "| arm | what | seeds | mean train s | CE dense | CE other | accuracy avg % |",
-          "|---|---|---|---|---|---|---|"]
+    L += ["## Arms", "", "| arm | what | seeds | CPU s per cell | importance ms per step | CE dense | CE other | "
+          "accuracy avg % |", "|---|---|---|---|---|---|---|---|"]
     for a in arms:
         mine = [c for c in cells if c["arm"] == a]
-        ts = sum(c["train"]["train_s"] for c in mine) / len(mine)
+        ts = sum(c.get("cpu_s") or 0.0 for c in mine) / len(mine)
+        imp = [c["train"]["importance"]["ms_per_step"] for c in mine if (c["train"].get("importance") or {}).get(
+            "ms_per_step") is not None]
+        imp_s = f"{sum(imp) / len(imp):.1f}" if imp else "–"
         cd, co, ac = (mean_sd(data[a][m].values()) for m in ("ce_dense", "ce_other", "acc"))
         f = lambda ms, d: "–" if ms[0] is None else (f"{ms[0]:.{d}f} ± {ms[1]:.{d}f}" if ms[1] is not None  # noqa: E731
                                                      else f"{ms[0]:.{d}f}")
-        L.append(f"| `{a}` | {_arm_label(doc, a)} | {len(mine)} | {ts:.0f} | {f(cd, 3)} | {f(co, 3)} | {f(ac, 1)} |")
-    L += ["", "Mean ± SD over seeds. CE: held-out masked-token cross-entropy (nats), the mean over σ ∈ "
+        L.append(f"| `{a}` | {_arm_label(doc, a)} | {len(mine)} | {ts:.0f} | {imp_s} | {f(cd, 3)} | {f(co, 3)} | "
+                 f"{f(ac, 1)} |")
+    L += ["", "Mean ± SD over seeds. CPU s: the cell's process time (training, the cross-entropy and the decoding), "
+          "which the machine's load does not inflate much; importance ms: the model source's own work per step "
+          "(`log.csv`'s `importance_ms`: map, store, and the confidence pass). CE: held-out masked-token cross-entropy (nats), the mean over σ ∈ "
           f"{doc.get('metrics', {}).get('sigma_grid')} of uniform masks drawn once for every cell; dense = the "
           "task's spans (the same tokens for every arm).", ""]
     cal = doc.get("calibration")
