@@ -98,6 +98,11 @@ def test_collapse_verdict():
     assert SR.collapse(data)["verdict"] == CONTRADICTED
     data["hard"]["ce_dense"] = {s: 1.0 + (0.1 if s % 2 else -0.1) for s in seeds}
     assert SR.collapse(data)["verdict"] == NOT_RESOLVED
+    # worse on dense tokens, but with fewer dense tokens masked beside their neighbours: the harm
+    # without the collapse
+    data["hard"]["ce_dense"] = {s: 1.1 + 0.01 * s for s in seeds}
+    data["hard"]["stat:v0:dense_both_neighbours"] = {s: 0.20 + 0.02 * s for s in seeds}
+    assert SR.collapse(data)["verdict"] == CONTRADICTED
 
 
 # --- the harness, end to end ------------------------------------------------------------------
