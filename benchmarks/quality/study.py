@@ -2,7 +2,8 @@
 """The powered study: a few masking recipes ("arms"), many seeds, paired by seed.
 
     python benchmarks/quality/study.py                    # every arm × 8 seeds, 2 at a time; resumable
-    python benchmarks/quality/study_report.py             # results/STUDY.md + results/study.png
+    python benchmarks/quality/study.py --seeds 8,9,10,11  # more seeds, appended
+    python benchmarks/quality/study_report.py             # results/STUDY.md + results/study_study.png
 
 Every arm trains the same tiny block-diffusion LM on the same task (``cell.py``'s model and
 :mod:`dllm_masks.data.tiny_task`) through :func:`dllm_masks.train.loop.train`, with the
@@ -153,9 +154,10 @@ SIZES: Dict[str, StudySize] = {
     # the test's end-to-end check: seconds
     "micro": StudySize(n_train=64, n_eval=8, steps=3, batch_size=8, d_model=32, n_layers=1, n_heads=2,
                        warmup_steps=1, gen_length=32, steps_per_block=8, seeds=(0, 1), n_gen=4, stats_every=1),
-    # the study: 8 seeds × 7 arms in about 20 minutes on 2 idle CPU cores (56 cells of about 40 CPU
-    # seconds): cell.py's model and task, 200 steps of 16 problems over 1600 training problems (two
-    # epochs, so the self-paced loss source sees every problem a second time)
+    # the study: 8 seeds × 7 arms in about 14 minutes on 2 idle CPU cores (56 cells of 27-33 CPU
+    # seconds; the committed results add seeds 8-11: 84 cells, 41.5 CPU-minutes): cell.py's model and
+    # task, 200 steps of 16 problems over 1600 training problems (two epochs, so the self-paced loss
+    # source sees every problem a second time). 500 steps took 61 CPU-seconds a cell.
     "study": StudySize(n_train=1600, steps=200, warmup_steps=20, seeds=tuple(range(8)), n_gen=60,
                        steps_per_block=8, stats_every=4),
 }
