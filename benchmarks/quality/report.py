@@ -25,7 +25,7 @@ if str(HERE.parent) not in sys.path:
 
 from quality.run_grid import ANY, load_results  # noqa: E402
 
-__all__ = ["PAPER", "summarize", "paired", "markdown", "plot", "main"]
+__all__ = ["PAPER", "summarize", "paired", "markdown", "plot", "report_args", "main"]
 
 # The paper's AVG (%) for the cells it reports, keyed (w, complement, fraction). Its "10%" data is
 # Code 10% + Math 50% annotated (Table 1, Figure 3); its "100%" row annotates all code (Table 2).
@@ -363,24 +363,34 @@ def plot(groups, path: str, title: str = "") -> str:
     return path
 
 
-def main(argv: Optional[List[str]] = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("results", nargs="?", default=str(HERE / "results" / "grid_reduced.json"))
-    ap.add_argument("--md", help="markdown output (default: REPORT.md beside the results)")
+def report_args(argv, default_results: str, md_name: str, description: str):
+    """Parse ``results [--md] [--png]`` and load the results: ``(doc, md, png)``, or ``None`` (with a
+    message) when the file has no cells. ``doc["_path"]`` is the file relative to the repository."""
+    ap = argparse.ArgumentParser(description=description)
+    ap.add_argument("results", nargs="?", default=default_results)
+    ap.add_argument("--md", help=f"markdown output (default: {md_name} beside the results)")
     ap.add_argument("--png", help="plot output (default: the results' name with .png)")
     args = ap.parse_args(argv)
     src = Path(args.results)
     doc = load_results(src)
     if not doc.get("cells"):
         print(f"{src}: no cells", file=sys.stderr)
-        return 2
+        return None
     try:
         doc["_path"] = str(src.resolve().relative_to(HERE.parent.parent))
     except ValueError:
         doc["_path"] = src.name
-    groups = summarize(doc["cells"])
-    md = Path(args.md) if args.md else src.parent / "REPORT.md"
+    md = Path(args.md) if args.md else src.parent / md_name
     png = Path(args.png) if args.png else src.with_suffix(".png")
+    return doc, md, png
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    got = report_args(argv, str(HERE / "results" / "grid_reduced.json"), "REPORT.md", __doc__.split("\n\n")[0])
+    if got is None:
+        return 2
+    doc, md, png = got
+    groups = summarize(doc["cells"])
     text = markdown(doc, groups)
     text += f"\n![accuracy and cross-entropy against w]({png.name})\n" if png.parent == md.parent else ""
     md.write_text(text, encoding="utf-8")

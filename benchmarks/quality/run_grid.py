@@ -39,7 +39,7 @@ if str(HERE.parent) not in sys.path:
 from quality import cell as C  # noqa: E402
 from dllm_masks.data import tiny_task as T  # noqa: E402
 
-__all__ = ["grid_cells", "main", "load_results", "WEIGHTS", "FRACTIONS", "FORMAT"]
+__all__ = ["grid_cells", "main", "load_results", "execute", "run_cells", "WEIGHTS", "FRACTIONS", "FORMAT"]
 
 WEIGHTS = (1.0, 2.0, 0.5, 5.0, math.inf)
 FRACTIONS = (0.1, 1.0)
@@ -197,13 +197,15 @@ def _open_results(out: Path, size_name: str, size) -> Optional[dict]:
     return doc
 
 
-def _execute(todo: list, plan: dict, work_dir: str, finish) -> None:
-    """Train the cells of ``todo``, ``plan["jobs"]`` at a time; ``finish(cell, rec=None, err=None)`` after each."""
-    size, device = plan["size"], plan["device"]
-    if plan["jobs"] == 1:
+def execute(todo: list, jobs: int, task_of, finish) -> None:
+    """Run ``fn(*args)`` for ``fn, args = task_of(cell)`` of each cell of ``todo``, ``jobs`` at a time
+    (each in its own spawned process when ``jobs > 1``); ``finish(cell, rec=None, err=None)`` after
+    each, in the order they end. A failing cell is reported to ``finish`` and the others go on."""
+    if jobs == 1:
         for cell in todo:
+            fn, args = task_of(cell)
             try:
-                rec = _run_one(size, cell, work_dir, device)
+                rec = fn(*args)
             except Exception as e:  # noqa: BLE001 - record the failure, keep the grid going
                 finish(cell, err=f"{type(e).__name__}: {e}")
             else:
@@ -212,8 +214,11 @@ def _execute(todo: list, plan: dict, work_dir: str, finish) -> None:
     import multiprocessing as mp
     from concurrent.futures import ProcessPoolExecutor, as_completed
 
-    with ProcessPoolExecutor(max_workers=plan["jobs"], mp_context=mp.get_context("spawn")) as pool:
-        futs = {pool.submit(_run_one, size, cell, work_dir, device): cell for cell in todo}
+    with ProcessPoolExecutor(max_workers=jobs, mp_context=mp.get_context("spawn")) as pool:
+        futs = {}
+        for cell in todo:
+            fn, args = task_of(cell)
+            futs[pool.submit(fn, *args)] = cell
         try:
             for fut in as_completed(futs):
                 cell = futs[fut]
@@ -229,11 +234,54 @@ def _execute(todo: list, plan: dict, work_dir: str, finish) -> None:
             raise
 
 
+def run_cells(doc: dict, out: Path, todo: list, *, jobs: int, task_of, desc: str, run_info: dict,
+              postfix, work_dir: Optional[str] = None, progress: bool = True) -> dict:
+    """Run ``todo`` (:func:`execute`; ``task_of(cell, work_dir) -> (fn, args)``), appending each
+    record to ``doc["cells"]`` and rewriting ``out`` after every cell, with a progress bar
+    (``postfix(rec)`` describes a finished cell); returns this invocation's ``run`` entry (also
+    appended to ``doc["runs"]``: times, machine, load average, failures)."""
+    from tqdm.auto import tqdm
+
+    run = {"started": datetime.now(timezone.utc).isoformat(timespec="seconds"), **run_info, "machine": _machine(),
+           "loadavg_start": list(os.getloadavg()), "load_1m_samples": [], "cells_run": 0, "failed": []}
+    doc["runs"].append(run)
+    t0 = time.perf_counter()
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # spawned workers: no spinning on shared cores
+    tmp = None if work_dir else tempfile.TemporaryDirectory(prefix="dllm-quality-")
+    bar = tqdm(total=len(todo), desc=desc, unit="cell", disable=not progress, dynamic_ncols=True)
+
+    def finish(cell, rec=None, err=None):
+        run["load_1m_samples"].append(round(os.getloadavg()[0], 2))
+        if err is not None:
+            run["failed"].append({"key": cell["key"], "error": err})
+            tqdm.write(f"{cell['key']}: FAILED: {err}")
+        else:
+            doc["cells"].append(rec)
+            run["cells_run"] += 1
+            bar.set_postfix_str(postfix(rec))
+        run["wall_s"] = round(time.perf_counter() - t0, 1)
+        _write(out, doc)
+        bar.update(1)
+
+    try:
+        execute(todo, jobs, lambda cell: task_of(cell, work_dir or tmp.name), finish)
+    finally:
+        bar.close()
+        run["finished"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
+        run["wall_s"] = round(time.perf_counter() - t0, 1)
+        run["loadavg_end"] = list(os.getloadavg())
+        _write(out, doc)
+        if tmp is not None:
+            tmp.cleanup()
+    s = run["load_1m_samples"]
+    print(f"{run['cells_run']} cells in {run['wall_s']:.0f} s; 1-min load during the run: "
+          f"mean {sum(s) / max(len(s), 1):.2f}, max {max(s, default=0):.2f} ({jobs} of it this run's)", flush=True)
+    return run
+
+
 def main(argv: Optional[List[str]] = None) -> int:
     ap = _parser()
     args = ap.parse_args(argv)
-    from tqdm.auto import tqdm
-
     plan = _plan(ap, args)
     size, device, jobs, out = plan["size"], plan["device"], plan["jobs"], plan["out"]
     doc = _open_results(out, args.size, size)
@@ -249,43 +297,12 @@ def main(argv: Optional[List[str]] = None) -> int:
     if not todo:
         return 0
 
-    run = {"started": datetime.now(timezone.utc).isoformat(timespec="seconds"), "size": args.size, "jobs": jobs,
-           "device": device, "threads_per_cell": size.threads, "machine": _machine(),
-           "loadavg_start": list(os.getloadavg()), "load_1m_samples": [], "cells_run": 0, "failed": []}
-    doc["runs"].append(run)
-    t0 = time.perf_counter()
-    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # spawned workers: no spinning on shared cores
-    tmp = None if args.work_dir else tempfile.TemporaryDirectory(prefix="dllm-quality-")
-    bar = tqdm(total=len(todo), desc=f"grid {args.size}", unit="cell", disable=args.no_progress, dynamic_ncols=True)
-
-    def finish(cell, rec=None, err=None):
-        run["load_1m_samples"].append(round(os.getloadavg()[0], 2))
-        if err is not None:
-            run["failed"].append({"key": cell["key"], "error": err})
-            tqdm.write(f"{cell['key']}: FAILED: {err}")
-        else:
-            doc["cells"].append(rec)
-            run["cells_run"] += 1
-            a = rec["accuracy"]
-            bar.set_postfix_str(f"{cell['key']} avg={a['avg']:.3f} ce_dense={rec['ce']['dense']:.3f} "
-                                f"{rec['wall_s']:.0f}s")
-        run["wall_s"] = round(time.perf_counter() - t0, 1)
-        _write(out, doc)
-        bar.update(1)
-
-    try:
-        _execute(todo, plan, args.work_dir or tmp.name, finish)
-    finally:
-        bar.close()
-        run["finished"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
-        run["wall_s"] = round(time.perf_counter() - t0, 1)
-        run["loadavg_end"] = list(os.getloadavg())
-        _write(out, doc)
-        if tmp is not None:
-            tmp.cleanup()
-    s = run["load_1m_samples"]
-    print(f"{run['cells_run']} cells in {run['wall_s']:.0f} s; 1-min load during the run: "
-          f"mean {sum(s) / max(len(s), 1):.2f}, max {max(s, default=0):.2f} ({jobs} of it this run's)", flush=True)
+    run = run_cells(doc, out, todo, jobs=jobs, desc=f"grid {args.size}",
+                    task_of=lambda cell, wd: (_run_one, (size, cell, wd, device)),
+                    run_info={"size": args.size, "jobs": jobs, "device": device, "threads_per_cell": size.threads},
+                    postfix=lambda rec: (f"{rec['key']} avg={rec['accuracy']['avg']:.3f} "
+                                         f"ce_dense={rec['ce']['dense']:.3f} {rec['wall_s']:.0f}s"),
+                    work_dir=args.work_dir, progress=not args.no_progress)
     return 1 if run["failed"] else 0
 
 
