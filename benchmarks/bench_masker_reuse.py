@@ -51,9 +51,10 @@ def main(argv=None):
     makers = {"fresh": dm.Masker(3, **kw), "reuse_outputs": dm.Masker(3, reuse_outputs=True, **kw)}
     floor_pool = dm.OutputPool()
     times = {k: [] for k in ("fresh", "reuse_outputs", "copy_reused")}
+    cpu = {k: [] for k in times}
 
     def run(name):
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         for ids, cu, pl, prio in data:
             if name == "copy_reused":  # the outputs' bytes written into reused buffers
                 o = floor_pool.take(ids, cu_seqlens=cu, complementary=True, loss_weight="sigma")
@@ -64,25 +65,31 @@ def main(argv=None):
                 o.loss_weight.fill_(1.0)
             else:
                 makers[name](ids, cu_seqlens=cu, prompt_lens=pl, priority=prio)
-        return (time.perf_counter() - t0) / len(data)
+        return (time.perf_counter() - t0) / len(data), (time.process_time() - c0) / len(data)
 
     for name in times:  # warm-up: buffers grown, extension loaded
         run(name)
     for _ in range(a.rounds):
         for name in times:
-            times[name].append(run(name))
+            wall, proc = run(name)
+            times[name].append(wall)
+            cpu[name].append(proc)
     med = {k: statistics.median(v) for k, v in times.items()}
+    mcpu = {k: statistics.median(v) for k, v in cpu.items()}
     ntok = statistics.mean(ids.numel() for ids, *_ in data)
     rows = {k: {"median_ms_per_step": 1e3 * v, "ns_per_token": 1e9 * v / ntok,
-                "ratio_to_copy_reused": v / med["copy_reused"]} for k, v in med.items()}
+                "cpu_ns_per_token": 1e9 * mcpu[k] / ntok, "ratio_to_copy_reused": v / med["copy_reused"],
+                "cpu_ratio_to_copy_reused": mcpu[k] / mcpu["copy_reused"]} for k, v in med.items()}
     rec = {"tokens_mean": ntok, "block_size": K, "threads": a.threads, "steps": a.steps, "rounds": a.rounds,
            "cpu": platform.processor() or platform.machine(), "torch": torch.__version__,
            "backend": "cpp" if dm.available_backends().get("cpp") is None else "ref",
            "date": time.strftime("%Y-%m-%d"), "results": rows}
     for k, r in rows.items():
-        print(f"{k:14s} {r['median_ms_per_step']:8.2f} ms/step  {r['ns_per_token']:6.2f} ns/token  "
-              f"{r['ratio_to_copy_reused']:5.2f}x copy_reused")
-    print(f"fresh / reuse_outputs: {med['fresh'] / med['reuse_outputs']:.2f}x")
+        print(f"{k:14s} {r['median_ms_per_step']:8.2f} ms/step  {r['ns_per_token']:6.2f} ns/token "
+              f"[CPU {r['cpu_ns_per_token']:6.2f}]  {r['ratio_to_copy_reused']:5.2f}x copy_reused "
+              f"[CPU {r['cpu_ratio_to_copy_reused']:5.2f}x]")
+    print(f"fresh / reuse_outputs: {med['fresh'] / med['reuse_outputs']:.2f}x wall, "
+          f"{mcpu['fresh'] / mcpu['reuse_outputs']:.2f}x CPU time")
     if a.out:
         os.makedirs(os.path.dirname(a.out) or ".", exist_ok=True)
         old = json.load(open(a.out)) if os.path.exists(a.out) else []
