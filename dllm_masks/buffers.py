@@ -66,7 +66,7 @@ class OutputPool:
 
     def take(self, input_ids: torch.Tensor, *, cu_seqlens: Optional[torch.Tensor] = None,
              block_size: Optional[int] = None, complementary: bool = False, loss_weight: Optional[str] = None,
-             num_segments: Optional[int] = None) -> MaskedBatch:
+             num_segments: Optional[int] = None, noisy_ids: Optional[torch.Tensor] = None) -> MaskedBatch:
         """Buffers for one call, with :func:`~dllm_masks.empty_masked_batch`'s arguments and result
         layout (``noisy_ids`` of the input's dtype, ``labels`` int64, ``masked`` bool,
         ``loss_weight`` float32 or None, [V·T] or [V·B, L]; ``rates`` float64 [S, 2];
@@ -74,13 +74,15 @@ class OutputPool:
 
         The tensors are views into this pool's buffers: the next ``take`` hands out the same
         memory. ``num_segments``: S, to skip counting blocks from ``cu_seqlens`` on the host.
+        ``noisy_ids``: a buffer of the caller's to hand out for ``noisy_ids`` instead of one of the
+        pool's (e.g. the head of a larger model-input buffer); ``out=`` checks its shape.
         """
         shape, nv, B, S = output_layout(input_ids, cu_seqlens=cu_seqlens, block_size=block_size,
                                         complementary=complementary, loss_weight=loss_weight,
                                         num_segments=num_segments)
         dev = input_ids.device
         return MaskedBatch(
-            noisy_ids=self.buffer("noisy_ids", shape, input_ids.dtype, dev),
+            noisy_ids=self.buffer("noisy_ids", shape, input_ids.dtype, dev) if noisy_ids is None else noisy_ids,
             labels=self.buffer("labels", shape, torch.int64, dev),
             masked=self.buffer("masked", shape, torch.bool, dev),
             loss_weight=None if loss_weight is None else self.buffer("loss_weight", shape, torch.float32, dev),

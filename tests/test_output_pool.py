@@ -147,6 +147,7 @@ def test_mask_batch_with_a_pool_is_the_same_batch(mask_kw):
             assert (torch.equal(x, y) and x.dtype == y.dtype) if isinstance(x, torch.Tensor) else x == y, name
         ptrs.append(b.input_ids.data_ptr())
     assert ptrs[0] == ptrs[1] and ptrs[3] in ptrs[2:]  # the same memory, regrown at most once
+    assert ("noisy_ids", torch.int64, torch.device("cpu")) not in pool._bufs  # the op writes into the model input
 
 
 @pytest.mark.parametrize("value", ["yes", 1, None])

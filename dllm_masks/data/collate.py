@@ -247,10 +247,9 @@ def mask_batch(batch: PackedBatch, cfg: MaskConfig, *, mask_token_id: int, seed:
         # ids are copied behind them (no torch.cat)
         T = ids.numel()
         model_in = pool.buffer("model_input_ids", ((views + 1) * T,), torch.int64, ids.device)
+        head = model_in[:views * T] if ids.dtype == torch.int64 else None  # else the op writes ids' dtype
         bufs = pool.take(ids, cu_seqlens=batch.cu_seqlens, block_size=K, complementary=cfg.complementary,
-                         loss_weight=cfg.loss_weight, num_segments=sigma.numel())
-        if ids.dtype == torch.int64:
-            bufs = bufs._replace(noisy_ids=model_in[:views * T])
+                         loss_weight=cfg.loss_weight, num_segments=sigma.numel(), noisy_ids=head)
     out = priority_mask(ids, sigma, mask_token_id=mask_token_id, cu_seqlens=batch.cu_seqlens,
                         prompt_lens=batch.prompt_lens, priority=priority, weight=weight,
                         sampling=cfg.sampling, complementary=cfg.complementary, block_size=K, seed=seed,
@@ -258,7 +257,7 @@ def mask_batch(batch: PackedBatch, cfg: MaskConfig, *, mask_token_id: int, seed:
     if model_in is None:
         model_in = torch.cat([out.noisy_ids.to(torch.int64), ids])
     else:
-        if out.noisy_ids.data_ptr() != model_in.data_ptr():
+        if head is None:
             model_in[:views * T].copy_(out.noisy_ids)
         model_in[views * T:].copy_(ids)
     lw = out.loss_weight if out.loss_weight is not None else out.masked.to(torch.float32)
