@@ -234,6 +234,17 @@ def execute(todo: list, jobs: int, task_of, finish) -> None:
             raise
 
 
+def pending(doc: dict, cells: list, max_cells: Optional[int], out: Path, how: str) -> list:
+    """The cells of ``cells`` not yet in ``doc`` (at most ``max_cells``), announced with ``how``
+    (how they will run)."""
+    done = {c["key"] for c in doc["cells"]}
+    todo = [c for c in cells if c["key"] not in done]
+    if max_cells is not None:
+        todo = todo[:max(0, max_cells)]
+    print(f"{len(done)} cells in {out}, {len(todo)} to run ({how})", flush=True)
+    return todo
+
+
 def run_cells(doc: dict, out: Path, todo: list, *, jobs: int, task_of, desc: str, run_info: dict,
               postfix, work_dir: Optional[str] = None, progress: bool = True) -> dict:
     """Run ``todo`` (:func:`execute`; ``task_of(cell, work_dir) -> (fn, args)``), appending each
@@ -288,12 +299,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     if doc is None:
         print(f"{out}: written with another size config; use another --out", file=sys.stderr)
         return 2
-    done = {c["key"] for c in doc["cells"]}
-    todo = [c for c in grid_cells(size.seeds, plan["weights"], plan["fractions"], plan["comps"]) if c["key"] not in done]
-    if args.max_cells is not None:
-        todo = todo[:max(0, args.max_cells)]
-    print(f"{len(done)} cells in {out}, {len(todo)} to run ({jobs} at a time on {device}, "
-          f"{size.threads or 'default'} thread(s) each)", flush=True)
+    todo = pending(doc, grid_cells(size.seeds, plan["weights"], plan["fractions"], plan["comps"]), args.max_cells,
+                   out, f"{jobs} at a time on {device}, {size.threads or 'default'} thread(s) each")
     if not todo:
         return 0
 

@@ -466,12 +466,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     if any(ARMS[a].calibrated for a in names) and "calibration" not in doc:
         doc["calibration"] = calibration(size)
     G._write(out, doc)
-    done = {c["key"] for c in doc["cells"]}
-    todo = [c for c in study_cells(size.seeds, names) if c["key"] not in done]
-    if args.max_cells is not None:
-        todo = todo[:max(0, args.max_cells)]
-    print(f"{len(done)} cells in {out}, {len(todo)} to run ({args.jobs} at a time, "
-          f"{size.threads or 'default'} thread(s) each)", flush=True)
+    todo = G.pending(doc, study_cells(size.seeds, names), args.max_cells, out,
+                     f"{args.jobs} at a time, {size.threads or 'default'} thread(s) each")
     if not todo:
         return 0
     calib = doc.get("calibration")
