@@ -39,12 +39,11 @@ import triton.language as tl
 
 from .philox import STREAM_BERNOULLI, STREAM_SELECT, philox_quads, pick_word
 from .priority_mask import (_empty_outputs, _exact_counts, _segment, _segment_table, _select_keys,
-                            _sequence_key, _solve_rates, _tile)
+                            _sequence_key, _solve_rates, _tile, _write_views)
 
 __all__ = ["priority_mask_weights_triton", "priority_mask_weights_triton_out", "weights_launch_settings",
            "WeightsLaunchSettings", "compile_weights_specialization"]
 
-IGNORE_INDEX: tl.constexpr = tl.constexpr(-100)
 LW_SIGMA: tl.constexpr = tl.constexpr(1)
 PINF_BITS: tl.constexpr = tl.constexpr(0x7F800000)  # +inf: the "clip nothing" boundary
 ONE_BITS: tl.constexpr = tl.constexpr(0x3F800000)  # 1.0f
@@ -507,24 +506,16 @@ def _weights_kernel(
             w0, w1, w2, w3 = philox_quads(quad, key_lo, key_hi, STREAM_BERNOULLI, k0, k1)
             r = pick_word(w0, w1, w2, w3, lane).to(tl.int64)
             m_a = mk & (r < (q * 4294967296.0).to(tl.int64))
-        ids = tl.load(ids_ptr + t, mask=valid, other=0)
-        mid = ids * 0 + mask_id
-        tl.store(noisy_ptr + t, tl.where(m_a, mid, ids), mask=valid)
-        tl.store(masked_ptr + t, m_a, mask=valid)
-        tl.store(labels_ptr + t, tl.where(m_a, ids.to(tl.int64), IGNORE_INDEX), mask=valid)
-        qa = q
+        lw_a = q  # the loss weights of both views (unused without HAS_LW)
+        lw_b = q
         if HAS_LW:
+            qa = q
             if lw_mode == LW_SIGMA:
                 qa = q * 0.0 + s64
-            tl.store(lw_ptr + t, tl.where(m_a, (1.0 / tl.where(m_a, qa, 1.0)).to(tl.float32), 0.0), mask=valid)
-        if COMPLEMENT:
-            m_b = mk & (~m_a)
-            tl.store(noisy_ptr + T + t, tl.where(m_b, mid, ids), mask=valid)
-            tl.store(masked_ptr + T + t, m_b, mask=valid)
-            tl.store(labels_ptr + T + t, tl.where(m_b, ids.to(tl.int64), IGNORE_INDEX), mask=valid)
-            if HAS_LW:
-                lw1 = (1.0 / tl.where(m_b, 1.0 - qa, 1.0)).to(tl.float32)
-                tl.store(lw_ptr + T + t, tl.where(m_b, lw1, 0.0), mask=valid)
+            lw_a = (1.0 / tl.where(m_a, qa, 1.0)).to(tl.float32)
+            lw_b = (1.0 / tl.where(mk & (~m_a), 1.0 - qa, 1.0)).to(tl.float32)
+        _write_views(t, valid, mk, m_a, m_a, ids_ptr, noisy_ptr, masked_ptr, labels_ptr, lw_ptr, T, mask_id,
+                     lw_a, lw_a, lw_b, lw_b, COMPLEMENT, HAS_LW)
         qb += G
 
     r0 = tl.where(sat, 1.0, tl.minimum(q0, 1.0))
