@@ -203,8 +203,9 @@ class Masker:
             input_ids, cu_seqlens=cu32, block_size=K, complementary=self.complementary,
             loss_weight=self.loss_weight, num_segments=sigma.numel())
         out = priority_mask(input_ids, sigma, mask_token_id=self.mask_token_id, cu_seqlens=cu32, maskable=m,
-                            prompt_lens=prompt_lens if direct else None, priority=priority, weight=self.weight, sampling=self.sampling,
-                            complementary=self.complementary, block_size=K, seed=self.seed, seq_offset=seq_offset,
+                            prompt_lens=prompt_lens if direct else None, priority=priority, weight=self.weight,
+                            sampling=self.sampling, complementary=self.complementary, block_size=K, seed=self.seed,
+                            seq_offset=seq_offset,
                             sample_ids=keys if sample_ids is not None else None, loss_weight=self.loss_weight,
                             backend=self.backend, out=bufs)
         self.step += 1
