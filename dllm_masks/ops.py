@@ -12,11 +12,13 @@ Layers (each with one job):
 """
 from __future__ import annotations
 
+import array
 import functools
 import importlib.util
 import logging
 import math
 import os
+import struct
 from typing import NamedTuple, Optional, Union
 
 import torch
@@ -266,19 +268,34 @@ _count_segments = num_segments  # for functions with a parameter of that name
 
 
 def _as_i64(name: str, x) -> Union[int, torch.Tensor]:
+    if type(x) is int and _I64_MIN <= x <= _I64_MAX:  # the common case, without the general checks
+        return x
     if isinstance(x, torch.Tensor):
         validation.check_tensor(name, x, dtypes=validation.INT_DTYPES)
         if x.numel() != 1:
             raise ValueError(f"{name}: expected a single integer, got shape {tuple(x.shape)}")
         return x.reshape(()).to(torch.int64)
-    x = validation.check_int(name, x, low=-(1 << 63), high=(1 << 64) - 1)  # an int64 or a uint64
+    x = validation.check_int(name, x, low=_I64_MIN, high=(1 << 64) - 1)  # an int64 or a uint64
     return (x + (1 << 63)) % (1 << 64) - (1 << 63)  # uint64 bits as an int64
 
 
 def _flat(name: str, x, shape, device, dtypes) -> torch.Tensor:
     validation.check_tensor(name, x, dtypes=dtypes, device=device)
-    validation.check_shape(name, x, shape)
-    return x.reshape(-1)
+    if x.shape != shape:
+        validation.check_shape(name, x, shape)
+    return x if x.dim() == 1 else x.reshape(-1)
+
+
+# dtypes and ranges the checks below compare against (built once, not per call)
+_I64_MIN, _I64_MAX = -(1 << 63), (1 << 63) - 1
+_CU_DTYPES = (torch.int32, torch.int64)
+_MASKABLE_DTYPES = (torch.bool,) + validation.INT_DTYPES
+_PRIORITY_DTYPES = (torch.bool, torch.float32) + validation.INT_DTYPES
+_SIGMA_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+_SAMPLINGS = ("bernoulli", "exact")
+_LOSS_WEIGHTS = tuple(LOSS_WEIGHT_MODES)
+_ID_RANGE = {d: (torch.iinfo(d).min, torch.iinfo(d).max) for d in validation.ID_DTYPES}
+_RNG_PAIR = struct.Struct("=qq")
 
 
 class OpArgs(NamedTuple):
@@ -324,18 +341,24 @@ def _layout(input_ids: torch.Tensor, cu_seqlens):
     T = input_ids.numel()
     if cu_seqlens is None:
         return False, 1, T, torch.tensor([0, T], device=dev, dtype=torch.int32)
-    validation.check_tensor("cu_seqlens", cu_seqlens, dtypes=(torch.int32, torch.int64), ndim=1, device=dev)
-    if cu_seqlens.numel() < 1:
+    validation.check_tensor("cu_seqlens", cu_seqlens, dtypes=_CU_DTYPES, ndim=1, device=dev)
+    n = cu_seqlens.numel()
+    if n < 1:
         raise ValueError("cu_seqlens: must have at least one element (B+1 offsets)")
-    if cu_seqlens.dtype == torch.int64 and T >= 2**31:
+    if cu_seqlens.dtype == torch.int32:
+        return False, n - 1, T, cu_seqlens
+    if T >= 2**31:
         raise ValueError("input_ids: more than 2^31 - 1 tokens are not supported")
-    return False, cu_seqlens.numel() - 1, T, cu_seqlens.to(torch.int32)
+    return False, n - 1, T, cu_seqlens.to(torch.int32)
 
 
 def _rng_pair(seed, seq_offset, dev) -> torch.Tensor:
     """int64 [2]: (seed, seq_offset) as uint64 bits, on the input's device."""
     seed_v, off_v = _as_i64("seed", seed), _as_i64("seq_offset", seq_offset)
     if not (isinstance(seed_v, torch.Tensor) or isinstance(off_v, torch.Tensor)):
+        if dev.type == "cpu" and not torch.compiler.is_compiling():
+            # the bytes of two int64s (a third of torch.tensor's cost); the tensor owns the buffer
+            return torch.frombuffer(bytearray(_RNG_PAIR.pack(seed_v, off_v)), dtype=torch.int64)
         return torch.tensor([seed_v, off_v], dtype=torch.int64, device=dev)
     for name, x in (("seed", seed_v), ("seq_offset", off_v)):
         if isinstance(x, torch.Tensor) and x.device != dev:
@@ -347,9 +370,12 @@ def _rng_pair(seed, seq_offset, dev) -> torch.Tensor:
 def _sigma_tensor(sigma, dev) -> torch.Tensor:
     """float32 [1] or [S] σ on the input's device (range checked here for a Python float)."""
     if isinstance(sigma, torch.Tensor):
-        validation.check_tensor("sigma", sigma, dtypes=(torch.float16, torch.bfloat16, torch.float32, torch.float64),
-                       ndim=(0, 1), device=dev)
-        return sigma.detach().reshape(-1).to(torch.float32)
+        validation.check_tensor("sigma", sigma, dtypes=_SIGMA_DTYPES, ndim=(0, 1), device=dev)
+        if sigma.requires_grad:
+            sigma = sigma.detach()
+        if sigma.dim() != 1:
+            sigma = sigma.reshape(-1)
+        return sigma if sigma.dtype == torch.float32 else sigma.to(torch.float32)
     if isinstance(sigma, bool) or not isinstance(sigma, (int, float)):
         raise TypeError(f"sigma: expected a float or a floating tensor, got {type(sigma).__name__}")
     if torch.compiler.is_compiling():  # possibly symbolic: not checked (see priority_mask)
@@ -406,9 +432,11 @@ def normalize(
     if maskable is not None and prompt_lens is not None:
         raise ValueError("maskable: give either maskable or prompt_lens, not both")
     if maskable is not None:
-        maskable = _flat("maskable", maskable, tok_shape, dev, (torch.bool,) + validation.INT_DTYPES).to(torch.bool)
+        maskable = _flat("maskable", maskable, tok_shape, dev, _MASKABLE_DTYPES)
+        if maskable.dtype != torch.bool:
+            maskable = maskable.to(torch.bool)
     if priority is not None:
-        priority = _flat("priority", priority, tok_shape, dev, (torch.bool, torch.float32) + validation.INT_DTYPES)
+        priority = _flat("priority", priority, tok_shape, dev, _PRIORITY_DTYPES)
         if priority.dtype == torch.float32:  # importance weights (docs/importance.md)
             if validate and not bool((torch.isfinite(priority) & (priority >= 0)).all()):
                 raise ValueError("priority: float weights must be finite and >= 0")
@@ -417,17 +445,21 @@ def normalize(
         elif priority.dtype not in (torch.uint8, torch.bool):  # every kernel reads bool and uint8 bytes as != 0
             priority = priority != 0
     if prompt_lens is not None:
-        prompt_lens = _flat("prompt_lens", prompt_lens, (B,), dev, validation.INT_DTYPES).to(torch.int64)
+        prompt_lens = _flat("prompt_lens", prompt_lens, (B,), dev, validation.INT_DTYPES)
+        if prompt_lens.dtype != torch.int64:
+            prompt_lens = prompt_lens.to(torch.int64)
     if sample_ids is not None:
-        sample_ids = _flat("sample_ids", sample_ids, (B,), dev, validation.INT_DTYPES).to(torch.int64)
+        sample_ids = _flat("sample_ids", sample_ids, (B,), dev, validation.INT_DTYPES)
+        if sample_ids.dtype != torch.int64:
+            sample_ids = sample_ids.to(torch.int64)
 
     w = validation.check_weight(weight)
-    validation.check_choice("sampling", sampling, ("bernoulli", "exact"))
-    validation.check_choice("loss_weight", loss_weight, tuple(LOSS_WEIGHT_MODES))
+    validation.check_choice("sampling", sampling, _SAMPLINGS)
+    validation.check_choice("loss_weight", loss_weight, _LOSS_WEIGHTS)
     complementary, validate = validation.check_bool("complementary", complementary), validation.check_bool("validate", validate)
     K = 0 if block_size is None else min(validation.check_int("block_size", block_size, low=1), _MAX_BLOCK)
-    info = torch.iinfo(input_ids.dtype)
-    mask_token_id = validation.check_int("mask_token_id", mask_token_id, low=info.min, high=info.max)
+    lo, hi = _ID_RANGE[input_ids.dtype]
+    mask_token_id = validation.check_int("mask_token_id", mask_token_id, low=lo, high=hi)
     rng = _rng_pair(seed, seq_offset, dev)
     sig = _sigma_tensor(sigma, dev)
 
@@ -442,7 +474,7 @@ def normalize(
         if prompt_lens is not None:
             validation.check_prompt_lens(prompt_lens, cu)
 
-    args = OpArgs(input_ids.reshape(-1), cu, sig, priority, maskable, prompt_lens, sample_ids, rng, w, K, S,
+    args = OpArgs(input_ids if not padded else input_ids.reshape(-1), cu, sig, priority, maskable, prompt_lens, sample_ids, rng, w, K, S,
                   sampling == "exact", complementary, LOSS_WEIGHT_MODES[loss_weight], mask_token_id)
     return Normalized(args, padded, B, L)
 
@@ -457,7 +489,7 @@ def wrap(outputs, call: Normalized) -> MaskedBatch:
         shape = (_views(call) * call.batch, call.length)
         noisy, masked, labels = noisy.reshape(shape), masked.reshape(shape), labels.reshape(shape)
         lw = lw.reshape(shape) if lw is not None else None
-    return MaskedBatch(noisy, labels, masked, lw, _cu_out(call), rates, a.sigma.expand(a.num_segments))
+    return MaskedBatch(noisy, labels, masked, lw, _cu_out(call), rates, _sigma_out(a))
 
 
 def _views(call: Normalized) -> int:
@@ -470,7 +502,22 @@ def _cu_out(call: Normalized) -> torch.Tensor:
     if call.padded:
         return torch.arange(_views(call) * call.batch + 1, device=a.input_ids.device, dtype=torch.int32) * call.length
     cu = a.cu_seqlens
-    return torch.cat([cu, cu[1:] + call.length]) if a.complementary else cu
+    if not a.complementary:
+        return cu
+    if cu.numel() <= _SMALL_BATCH and cu.device.type == "cpu" and not torch.compiler.is_compiling():
+        # a few offsets: built on the host in a third of the three tensor ops' time
+        c = cu.tolist()
+        return torch.frombuffer(array.array("i", c + [x + call.length for x in c[1:]]), dtype=torch.int32)
+    return torch.cat([cu, cu[1:] + call.length])
+
+
+# Up to this many offsets, host-side work on a Python list beats launching tensor ops.
+_SMALL_BATCH = 256
+
+
+def _sigma_out(a: OpArgs) -> torch.Tensor:
+    """σ per segment, float32 [S]: the call's own when it has one per segment, else broadcast."""
+    return a.sigma if a.sigma.numel() == a.num_segments else a.sigma.expand(a.num_segments)
 
 
 def _output_shapes(call: Normalized):
@@ -495,50 +542,78 @@ def check_out(out, call: Normalized):
     a = call.args
     dev = a.input_ids.device
     shape, S = _output_shapes(call)
-    has_lw = a.loss_weight_mode != LOSS_WEIGHT_MODES[None]
+    has_lw = a.loss_weight_mode != 0  # LOSS_WEIGHT_MODES[None]
     if (out.loss_weight is not None) != has_lw:
         call_lw = next(k for k, v in LOSS_WEIGHT_MODES.items() if v == a.loss_weight_mode)
         want = f"a float32 tensor (loss_weight={call_lw!r})" if has_lw else "None (loss_weight=None)"
         raise ValueError(f"out: loss_weight: expected {want}, got {'None' if out.loss_weight is None else 'a tensor'}")
-    specs = [("noisy_ids", out.noisy_ids, a.input_ids.dtype, shape), ("masked", out.masked, torch.bool, shape),
-             ("labels", out.labels, torch.int64, shape)]
-    if has_lw:
-        specs.append(("loss_weight", out.loss_weight, torch.float32, shape))
-    specs.append(("rates", out.rates, torch.float64, (S, 2)))
-    for name, x, dtype, shp in specs:
-        if not isinstance(x, torch.Tensor):
-            raise TypeError(f"out: {name}: expected a torch.Tensor, got {type(x).__name__}")
-        if x.dtype != dtype:
-            raise TypeError(f"out: {name}: expected dtype {str(dtype).replace('torch.', '')}, "
-                            f"got {str(x.dtype).replace('torch.', '')}")
-        if x.device != dev:
-            raise ValueError(f"out: {name}: is on {x.device} but input_ids is on {dev}")
-        if tuple(x.shape) != tuple(shp):
-            raise ValueError(f"out: {name}: expected shape {tuple(shp)}, got {tuple(x.shape)}")
-        if not x.is_contiguous():
-            raise ValueError(f"out: {name}: must be contiguous")
+    bufs = (out.noisy_ids, out.masked, out.labels, out.loss_weight, out.rates) if has_lw else \
+        (out.noisy_ids, out.masked, out.labels, out.rates)
+    dtypes = (a.input_ids.dtype, torch.bool, torch.int64, torch.float32, torch.float64) if has_lw else \
+        (a.input_ids.dtype, torch.bool, torch.int64, torch.float64)
+    rates_shape = (S, 2)
+    for x, dtype in zip(bufs, dtypes):
+        if not isinstance(x, torch.Tensor) or x.dtype != dtype or x.device != dev or \
+                x.shape != (rates_shape if dtype is torch.float64 else shape) or not x.is_contiguous():
+            _out_error(x, dtype, rates_shape if dtype is torch.float64 else shape, dev, has_lw, bufs)
     if not torch.compiler.is_compiling():
-        _check_no_overlap([(n, x) for n, x, _, _ in specs],
-                          [(n, x) for n, x in zip(OpArgs._fields, a) if isinstance(x, torch.Tensor)])
-    flat = [x if x.dim() == 1 else x.reshape(-1) for _, x, _, _ in specs[:3]]
-    lw = (specs[3][1] if len(shape) == 1 else specs[3][1].reshape(-1)) if has_lw else \
-        torch.empty(0, dtype=torch.float32, device=dev)
-    return flat[0], flat[1], flat[2], lw, out.rates
+        _check_no_overlap(bufs, a, has_lw)
+    flat = bufs if len(shape) == 1 else tuple(x if x.dtype is torch.float64 else x.reshape(-1) for x in bufs)
+    if has_lw:
+        return flat
+    return flat[0], flat[1], flat[2], torch.empty(0, dtype=torch.float32, device=dev), flat[3]
 
 
-def _span(x: torch.Tensor):
-    start = x.data_ptr()
-    return start, start + x.numel() * x.element_size()
+def _out_names(has_lw: bool):
+    return ("noisy_ids", "masked", "labels", "loss_weight", "rates") if has_lw else \
+        ("noisy_ids", "masked", "labels", "rates")
 
 
-def _check_no_overlap(outs, ins):
-    """ValueError if an output buffer shares memory with another or with an input."""
-    spans = [(f"out.{n}", _span(x)) for n, x in outs if x.numel()]
-    others = spans + [(f"the input {k}", _span(y)) for k, y in ins if y.numel()]
-    for i, (n, (lo, hi)) in enumerate(spans):
-        for m, (lo2, hi2) in others[i + 1:]:
-            if lo < hi2 and lo2 < hi:
-                raise ValueError(f"out: {n[4:]}: shares memory with {m}")
+def _out_error(x, dtype, shape, dev, has_lw, bufs):
+    """Raise the error for the first check that buffer ``x`` of ``out`` fails."""
+    name = next(n for n, y in zip(_out_names(has_lw), bufs) if y is x)
+    if not isinstance(x, torch.Tensor):
+        raise TypeError(f"out: {name}: expected a torch.Tensor, got {type(x).__name__}")
+    if x.dtype != dtype:
+        raise TypeError(f"out: {name}: expected dtype {str(dtype).replace('torch.', '')}, "
+                        f"got {str(x.dtype).replace('torch.', '')}")
+    if x.device != dev:
+        raise ValueError(f"out: {name}: is on {x.device} but input_ids is on {dev}")
+    if x.shape != shape:
+        raise ValueError(f"out: {name}: expected shape {tuple(shape)}, got {tuple(x.shape)}")
+    raise ValueError(f"out: {name}: must be contiguous")
+
+
+def _check_no_overlap(bufs, args: OpArgs, has_lw: bool):
+    """ValueError if an output buffer shares memory with another or with an input (byte spans
+    from the first element: the buffers are contiguous; an input's span covers its elements)."""
+    spans = []  # (start, end, index): outputs 0.., then inputs as -1 - their OpArgs position
+    for i, x in enumerate(bufs):
+        if x.numel():
+            lo = x.data_ptr()
+            spans.append((lo, lo + x.nbytes, i))
+    for i, x in enumerate(args):
+        if isinstance(x, torch.Tensor) and x.numel():
+            lo = x.data_ptr()
+            spans.append((lo, lo + x.numel() * x.element_size(), -1 - i))
+    spans.sort()
+    # sweep by start: every span still open when another starts overlaps it
+    open_ = []
+    for lo, hi, i in spans:
+        open_ = [o for o in open_ if o[1] > lo]
+        for o in open_:
+            if i >= 0 or o[2] >= 0:  # two inputs may share memory; an output may not
+                _overlap_error(o[2], i, has_lw)
+        open_.append((lo, hi, i))
+
+
+def _overlap_error(i: int, j: int, has_lw: bool):
+    """The overlap error between spans ``i`` and ``j`` of :func:`_check_no_overlap` (outputs by
+    their index in ``bufs``, inputs as -1 - their OpArgs position), named as the call gave them."""
+    names = _out_names(has_lw)
+    o, other = (min(i, j), max(i, j)) if i >= 0 and j >= 0 else (max(i, j), min(i, j))
+    what = f"out.{names[other]}" if other >= 0 else f"the input {OpArgs._fields[-1 - other]}"
+    raise ValueError(f"out: {names[o]}: shares memory with {what}")
 
 
 def output_layout(input_ids: torch.Tensor, *, cu_seqlens=None, block_size=None, complementary=False,
@@ -721,4 +796,4 @@ def priority_mask(
     kernel_for(backend, input_ids.device, out=True, weighted=weighted)(*call.args, **dict(zip(OUT_NAMES, bufs)))
     a = call.args
     return MaskedBatch(out.noisy_ids, out.labels, out.masked, out.loss_weight, _cu_out(call), out.rates,
-                       a.sigma.expand(a.num_segments))
+                       _sigma_out(a))

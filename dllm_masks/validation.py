@@ -36,7 +36,7 @@ def check_shape(name: str, x: torch.Tensor, shape) -> None:
 
 
 def check_int(name: str, x, *, low: Optional[int] = None, high: Optional[int] = None) -> int:
-    if isinstance(x, bool) or not isinstance(x, numbers.Integral):
+    if type(x) is not int and (isinstance(x, bool) or not isinstance(x, numbers.Integral)):
         raise TypeError(f"{name}: expected an int, got {type(x).__name__}")
     x = int(x)
     if low is not None and x < low:
@@ -65,6 +65,8 @@ def host_readable(x: torch.Tensor) -> bool:
 def check_weight(weight) -> float:
     """``weight`` as a float in [0, inf]. While ``torch.compile`` traces, a Python float may be
     symbolic: its value is then not checked (see :func:`dllm_masks.ops.priority_mask`)."""
+    if type(weight) is float and 0.0 <= weight:  # the common case (NaN fails the comparison)
+        return weight
     if torch.compiler.is_compiling() and not isinstance(weight, torch.Tensor):
         return weight
     if isinstance(weight, torch.Tensor):
