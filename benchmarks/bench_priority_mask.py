@@ -9,7 +9,8 @@ dFactory-style uniform masking trainers use today, and a copy floor measured in 
 Workload: sequences of 2048 tokens, prompts of 5-25 %, 25 % priority, σ ~ U[0.3, 0.8] per
 sequence (or per block of ``--block-size`` positions), w = 2, complementary view on, labels (no loss
 weights unless --loss-weight). ``out`` is the C++ kernel writing into buffers reused across calls
-(``out=``); ``copy`` copies the op's bytes into a fresh buffer, ``copy_reused`` into a reused one
+(``out=``); ``plan`` the same through a ``dm.MaskPlan`` (arguments checked once, not per call);
+``copy`` copies the op's bytes into a fresh buffer, ``copy_reused`` into a reused one
 (``Tensor.copy_``): the floors of the allocating and the reusing calls.
 Providers are timed in interleaved rounds (every provider in turn, round after round), so load
 from other processes hits them alike; reports medians of repeats (after warm-up) and ratios
@@ -35,7 +36,7 @@ import common as C  # noqa: E402
 import dllm_masks as dm  # noqa: E402
 from dllm_masks.reference import LOSS_WEIGHT_MODES, priority_mask_ref  # noqa: E402
 
-PROVIDERS = ["ref", "compiled", "dfactory", "cpp", "out", "triton", "copy", "copy_reused", "ref-float", "cpp-float"]
+PROVIDERS = ["ref", "compiled", "dfactory", "cpp", "out", "plan", "triton", "copy", "copy_reused", "ref-float", "cpp-float"]
 FLOORS = ("copy", "copy_reused")
 # "<backend>-float": the same workload with float32 importance weights (benchmarks/common.py
 # float_weights) instead of the boolean priority; "x bool" compares them with "<backend>".
@@ -74,6 +75,9 @@ def make_fn(provider: str, kw: dict, sampling: str, loss_weight, bytes_: dict):
         out = dm.empty_masked_batch(kw["input_ids"], **shape_kw, loss_weight=loss_weight)
         return lambda: dm.priority_mask(**kw, sampling=sampling, loss_weight=loss_weight, backend="cpp",
                                         validate=False, out=out)
+    if provider == "plan":  # checked once (dm.MaskPlan), each call only runs the kernel into its buffers
+        plan = dm.MaskPlan(**kw, sampling=sampling, loss_weight=loss_weight, backend="cpp", validate=False)
+        return plan.run
     if provider == "compiled":
         compiled = torch.compile(priority_mask_ref, dynamic=False)
         args = op_args(kw, sampling, loss_weight)
@@ -95,8 +99,8 @@ def make_fn(provider: str, kw: dict, sampling: str, loss_weight, bytes_: dict):
 
 def available(provider: str, device: str):
     provider = provider[:-len("-float")] if provider.endswith("-float") else provider
-    if provider in ("cpp", "out", "triton"):
-        why = dm.available_backends()["cpp" if provider == "out" else provider]
+    if provider in ("cpp", "out", "plan", "triton"):
+        why = dm.available_backends()["cpp" if provider in ("out", "plan") else provider]
         if why:
             return why
         if provider == "triton" and device != "cuda":

@@ -10,11 +10,12 @@ from . import schedules
 from .loss import diffusion_loss, loss_normalizer
 from .masker import Masker
 from .buffers import OutputPool
+from .plan import MaskPlan
 from .schedules import Schedule, keyed_sigma, sample_sigma
 from .stats import MaskStats, mask_stats
 
 __version__ = "0.1.0"
 
 __all__ = ["priority_mask", "MaskedBatch", "empty_masked_batch", "solve_rates", "sample_sigma", "keyed_sigma",
-           "num_segments", "available_backends", "Masker", "OutputPool", "diffusion_loss", "loss_normalizer", "schedules", "Schedule",
+           "num_segments", "available_backends", "Masker", "OutputPool", "MaskPlan", "diffusion_loss", "loss_normalizer", "schedules", "Schedule",
            "mask_stats", "MaskStats"]

@@ -438,8 +438,8 @@ def normalize(
     if priority is not None:
         priority = _flat("priority", priority, tok_shape, dev, _PRIORITY_DTYPES)
         if priority.dtype == torch.float32:  # importance weights (docs/importance.md)
-            if validate and not bool((torch.isfinite(priority) & (priority >= 0)).all()):
-                raise ValueError("priority: float weights must be finite and >= 0")
+            if validate:
+                validation.check_weights_values(priority)
             if float(weight) != 1.0:
                 raise ValueError(f"weight: must be 1 with float32 priority (the weights are its values), got {weight}")
         elif priority.dtype not in (torch.uint8, torch.bool):  # every kernel reads bool and uint8 bytes as != 0

@@ -108,6 +108,12 @@ def check_sigma_values(sigma: torch.Tensor) -> None:
         raise ValueError(f"sigma: must lie in [0, 1], got values in [{float(s.min())}, {float(s.max())}]")
 
 
+def check_weights_values(priority: torch.Tensor) -> None:
+    """float32 importance weights: finite and >= 0 (reads the tensor)."""
+    if not bool((torch.isfinite(priority) & (priority >= 0)).all()):
+        raise ValueError("priority: float weights must be finite and >= 0")
+
+
 def check_prompt_lens(prompt_lens: torch.Tensor, cu: torch.Tensor) -> None:
     p = prompt_lens.detach().to("cpu", torch.int64)
     c = cu.detach().to("cpu", torch.int64)
