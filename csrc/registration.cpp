@@ -4,6 +4,9 @@
 #include <torch/extension.h>
 #include <torch/library.h>
 
+#include <ATen/Parallel.h>
+
+#include <algorithm>
 #include <array>
 #include <vector>
 
@@ -27,6 +30,46 @@ std::vector<uint32_t> philox_draws(uint64_t seed, uint64_t seq_key, uint32_t str
   std::vector<uint32_t> scratch(size_t(count + 4 * dllm_masks::kLanes + 8));
   const uint32_t* r = dllm_masks::philox_fill(dllm_masks::PhiloxStream(seed, seq_key, stream), start, count, scratch.data());
   return std::vector<uint32_t>(r, r + count);
+}
+
+// Word 0 of Philox call (j, key lo, key hi, stream) for segment j < counts[b] of every key keys[b],
+// keys in order: the keyed σ draws of docs/design.md §4 (dllm_masks.schedules.keyed_uniform, whose
+// torch form is the oracle). int64 [Σ counts], each value in [0, 2^32).
+at::Tensor keyed_words(const at::Tensor& keys, const at::Tensor& counts, int64_t k0, int64_t k1, int64_t stream) {
+  TORCH_CHECK_VALUE(keys.device().is_cpu() && counts.device().is_cpu(), "keyed_words: keys and counts must be CPU tensors");
+  TORCH_CHECK_TYPE(keys.scalar_type() == at::kLong && counts.scalar_type() == at::kLong,
+                   "keyed_words: keys and counts must be int64");
+  TORCH_CHECK_VALUE(keys.dim() == 1 && counts.dim() == 1 && keys.numel() == counts.numel(),
+                    "keyed_words: keys and counts must be 1-D of the same length");
+  constexpr int64_t kWord = int64_t(1) << 32;
+  TORCH_CHECK_VALUE(k0 >= 0 && k0 < kWord && k1 >= 0 && k1 < kWord && stream >= 0 && stream < kWord,
+                    "keyed_words: k0, k1 and stream must lie in [0, 2^32)");
+  const at::Tensor kc = keys.contiguous(), cc = counts.contiguous();
+  const int64_t* key = kc.data_ptr<int64_t>();
+  const int64_t* cnt = cc.data_ptr<int64_t>();
+  const int64_t B = kc.numel();
+  std::vector<int64_t> start(size_t(B) + 1, 0);
+  for (int64_t b = 0; b < B; ++b) {
+    TORCH_CHECK_VALUE(cnt[b] >= 0 && cnt[b] <= kWord, "keyed_words: counts must lie in [0, 2^32], got ", cnt[b]);
+    start[size_t(b) + 1] = start[size_t(b)] + cnt[b];
+    TORCH_CHECK_VALUE(start[size_t(b) + 1] <= (int64_t(1) << 40), "keyed_words: more than 2^40 segments");
+  }
+  at::Tensor out = at::empty({start[size_t(B)]}, kc.options());
+  int64_t* o = out.data_ptr<int64_t>();
+  at::parallel_for(0, B, std::max<int64_t>(1, 4096 / std::max<int64_t>(1, start[size_t(B)] / std::max<int64_t>(1, B))),
+                   [&](int64_t lo, int64_t hi) {
+    for (int64_t b = lo; b < hi; ++b) {
+      const uint64_t k = uint64_t(key[b]);
+      int64_t* dst = o + start[size_t(b)];
+      for (int64_t j = 0; j < cnt[b]; ++j) {
+        const uint32_t ctr[4] = {uint32_t(j), uint32_t(k), uint32_t(k >> 32), uint32_t(stream)};
+        uint32_t w[4];
+        dllm_masks::philox4x32_10(ctr, uint32_t(k0), uint32_t(k1), w);
+        dst[j] = int64_t(w[0]);
+      }
+    }
+  });
+  return out;
 }
 
 }  // namespace
@@ -59,6 +102,9 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         "Draws of positions [start, start + count) of one sequence and stream (docs/design.md §4; tests).",
         pybind11::arg("seed"), pybind11::arg("seq_key"), pybind11::arg("stream"), pybind11::arg("start"),
         pybind11::arg("count"));
+  m.def("keyed_words", &keyed_words,
+        "Word 0 of Philox (j, key lo, key hi, stream) for segments j < counts[b] of keys[b] (keyed σ draws).",
+        pybind11::arg("keys"), pybind11::arg("counts"), pybind11::arg("k0"), pybind11::arg("k1"), pybind11::arg("stream"));
   m.def("kernel_isa", &dllm_masks::kernel_isa,
         "Instruction set of the kernel build this CPU runs: 'avx512' (x86-64-v4) or 'baseline' "
         "(DLLM_MASKS_CPU_ISA=baseline forces the baseline).");

@@ -233,6 +233,25 @@ def keyed_uniform(keys: torch.Tensor, counts: torch.Tensor, *, seed: int) -> tor
     ``counts[b]`` segments for key ``keys[b]``, segment j of key k drawing ``philox((j, k, 2))``."""
     dev = keys.device
     counts = counts.to(dev, torch.int64)
+    words = _cpp_keyed_words()
+    if words is not None and dev.type == "cpu" and isinstance(seed, int) and not torch.compiler.is_compiling():
+        k0, k1 = split_seed(seed)  # the same words from the C++ Philox (one call per segment, no tensor ops)
+        r = words(keys.to(torch.int64), counts, k0, k1, STREAM_SIGMA)
+        return r.to(torch.float64) * (1.0 / 4294967296.0)
+    return _keyed_uniform_torch(keys, counts, seed=seed)
+
+
+def _cpp_keyed_words():
+    """``dllm_masks._C.keyed_words`` when the C++ extension loaded (imported lazily: the extension
+    is loaded by ``ops``)."""
+    from . import ops
+    return getattr(ops._cpp, "keyed_words", None)
+
+
+def _keyed_uniform_torch(keys: torch.Tensor, counts: torch.Tensor, *, seed: int) -> torch.Tensor:
+    """:func:`keyed_uniform` in plain torch integer ops (any device; the oracle of the C++ form)."""
+    dev = keys.device
+    counts = counts.to(dev, torch.int64)
     k = torch.repeat_interleave(keys.to(torch.int64), counts)
     starts = torch.cumsum(counts, 0) - counts
     seg = torch.arange(k.numel(), device=dev) - torch.repeat_interleave(starts, counts)
