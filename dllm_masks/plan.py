@@ -37,6 +37,7 @@ out of bounds.
 """
 from __future__ import annotations
 
+import inspect
 import struct
 from typing import Optional, Union
 
@@ -52,6 +53,8 @@ __all__ = ["MaskPlan"]
 _SHARED = {"input_ids": "input_ids", "cu_seqlens": "cu_seqlens", "sigma": "sigma", "priority": "priority",
            "maskable": "maskable", "prompt_lens": "prompt_lens", "sample_ids": "sample_ids"}
 _PAIR = struct.Struct("=qq")
+_KEYWORDS = frozenset(p.name for p in inspect.signature(normalize).parameters.values()
+                      if p.kind is inspect.Parameter.KEYWORD_ONLY and p.name != "validate")
 
 
 class MaskPlan:
@@ -83,8 +86,12 @@ class MaskPlan:
 
     def __init__(self, input_ids: torch.Tensor, sigma: Union[float, torch.Tensor], *, out: Optional[MaskedBatch] = None,
                  backend: Optional[str] = None, validate: bool = True, **kwargs):
-        for bad in ("backend", "out", "validate"):
-            kwargs.pop(bad, None)
+        unknown = sorted(set(kwargs) - _KEYWORDS)
+        if unknown:
+            raise TypeError(f"{unknown[0]}: not an argument of MaskPlan (it takes priority_mask's: "
+                            f"{', '.join(sorted(_KEYWORDS))}, out, backend, validate)")
+        if "mask_token_id" not in kwargs:
+            raise TypeError("mask_token_id: required (the id written at masked positions)")
         call = normalize(input_ids, sigma, validate=validate, **kwargs)
         a = call.args
         given = dict(kwargs, input_ids=input_ids, sigma=sigma)

@@ -162,3 +162,10 @@ def test_bad_arguments_are_the_ops_errors():
         plan.run(seed=torch.tensor(1))
     with pytest.raises(TypeError, match="^out: expected a MaskedBatch"):
         dm.MaskPlan(**kw, out=(1, 2))
+
+
+def test_unknown_keyword_names_itself():
+    with pytest.raises(TypeError, match="^cu_seqlen: not an argument of MaskPlan"):
+        dm.MaskPlan(torch.arange(4), 0.5, mask_token_id=0, cu_seqlen=None)
+    with pytest.raises(TypeError, match="^mask_token_id: required"):
+        dm.MaskPlan(torch.arange(4), 0.5)
