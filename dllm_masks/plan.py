@@ -44,14 +44,13 @@ from typing import Optional, Union
 import torch
 
 from . import ops, validation
-from .ops import (OUT_NAMES, MaskedBatch, _as_i64, _cu_out, _rng_pair, _sigma_out, check_out, empty_masked_batch, kernel_for,
-                  normalize)
+from .ops import (OUT_NAMES, MaskedBatch, _as_i64, _cu_out, _rng_pair, _sigma_out, check_out, empty_masked_batch,
+                  kernel_for, normalize)
 
 __all__ = ["MaskPlan"]
 
-# arguments of the op that a plan must pass as the caller's own tensors (OpArgs field: argument name)
-_SHARED = {"input_ids": "input_ids", "cu_seqlens": "cu_seqlens", "sigma": "sigma", "priority": "priority",
-           "maskable": "maskable", "prompt_lens": "prompt_lens", "sample_ids": "sample_ids"}
+# arguments a plan must pass to the op as the caller's own tensors (OpArgs fields of the same names)
+_SHARED = ("input_ids", "cu_seqlens", "sigma", "priority", "maskable", "prompt_lens", "sample_ids")
 _PAIR = struct.Struct("=qq")
 _KEYWORDS = frozenset(p.name for p in inspect.signature(normalize).parameters.values()
                       if p.kind is inspect.Parameter.KEYWORD_ONLY and p.name != "validate")
@@ -95,8 +94,8 @@ class MaskPlan:
         call = normalize(input_ids, sigma, validate=validate, **kwargs)
         a = call.args
         given = dict(kwargs, input_ids=input_ids, sigma=sigma)
-        for field, name in _SHARED.items():
-            arg, user = getattr(a, field), given.get(name)
+        for name in _SHARED:
+            arg, user = getattr(a, name), given.get(name)
             if isinstance(user, torch.Tensor) and user.numel() and arg.data_ptr() != user.data_ptr():
                 raise ValueError(f"{name}: a MaskPlan runs on the given tensor, but this one would be converted "
                                  f"(dtype {str(user.dtype).replace('torch.', '')}, shape {tuple(user.shape)}; "
@@ -120,7 +119,7 @@ class MaskPlan:
         if a.rng.device.type == "cpu" and not any(isinstance(kwargs.get(k), torch.Tensor) for k in ("seed", "seq_offset")):
             self._rng_bytes = bytearray(_PAIR.pack(*a.rng.tolist()))
             a = a._replace(rng=torch.frombuffer(self._rng_bytes, dtype=torch.int64))
-        self._rng_fixed = any(isinstance(kwargs.get(k), torch.Tensor) for k in ("seed", "seq_offset"))
+        self._rng_tensors = any(isinstance(kwargs.get(k), torch.Tensor) for k in ("seed", "seq_offset"))
         self._default_rng = (kwargs.get("seed", 0), kwargs.get("seq_offset", 0))
         self._rng_moved = False  # a run set another seed or offset than the plan's
         self._args = tuple(a)
@@ -146,7 +145,7 @@ class MaskPlan:
             self._set_rng(self._default_rng[0] if seed is None else seed,
                           self._default_rng[1] if seq_offset is None else seq_offset)
             self._rng_moved = seed is not None or seq_offset is not None
-        if self._rng_fixed:  # the caller's seed / offset tensors, as they are now
+        if self._rng_tensors:  # the caller's seed / offset tensors, as they are now
             self._args = self._args[:7] + (_rng_pair(*self._default_rng, self._args[7].device),) + self._args[8:]
         if self._validate and not self._served_by_cpp:
             self._check_values()
@@ -156,7 +155,7 @@ class MaskPlan:
     __call__ = run
 
     def _set_rng(self, seed, seq_offset) -> None:
-        if self._rng_fixed:
+        if self._rng_tensors:
             raise ValueError("seed: this plan reads its seed and seq_offset from the tensors it was given; "
                              "update them in place instead of passing values to run()")
         s, o = _as_i64("seed", seed), _as_i64("seq_offset", seq_offset)
