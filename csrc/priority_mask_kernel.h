@@ -167,25 +167,86 @@ struct Scratch {
   uint64_t* sel = nullptr;  // keys of the bucket holding the k-th smallest
 };
 
-// memcpy whose aligned middle uses non-temporal stores (x86 SSE2); callers fence once at the end.
-inline void stream_copy(void* dst, const void* src, size_t n) {
+// Streaming writes of one output stream through whole 64-byte lines. The kernel writes each
+// stream of a work item in order, one chunk of tokens at a time, and chunks rarely end on a line
+// boundary (sequences start anywhere, and view 1 starts at offset T). A line must never get part
+// of its bytes from non-temporal stores and the rest from ordinary ones: the write-combining
+// buffer then flushes a partial line, at several times the cost of a full one. So a writer holds
+// the unfinished line of its stream until the next chunk completes it (the chunks are contiguous)
+// and stores it whole with non-temporal stores; only the partial lines at the two ends of a run
+// of contiguous chunks (an item's edges, a line another thread shares) get ordinary stores.
+struct LineWriter {
+  char* base = nullptr;  // start of the line being assembled (64-byte aligned)
+  int from = 0;          // bytes of that line before `from` are not this stream's to write
+  int have = 0;          // bytes [0, have) of the line are known: [from, have) held in `line`
+  alignas(64) char line[64];
+
+  static void store_line(char* dst, const char* src) {
 #if defined(__SSE2__)
-  char* d = static_cast<char*>(dst);
-  const char* s = static_cast<const char*>(src);
-  size_t head = (16 - (reinterpret_cast<uintptr_t>(d) & 15)) & 15;
-  if (head > n) head = n;
-  std::memcpy(d, s, head);
-  d += head, s += head, n -= head;
-  for (; n >= 16; n -= 16, d += 16, s += 16) {
-    _mm_stream_si128(reinterpret_cast<__m128i*>(d), _mm_loadu_si128(reinterpret_cast<const __m128i*>(s)));
-  }
-  std::memcpy(d, s, n);
+    for (int k = 0; k < 64; k += 16) {
+      _mm_stream_si128(reinterpret_cast<__m128i*>(dst + k), _mm_loadu_si128(reinterpret_cast<const __m128i*>(src + k)));
+    }
 #else
-  std::memcpy(dst, src, n);
+    std::memcpy(dst, src, 64);
 #endif
+  }
+
+  // Writes what is held with ordinary stores and forgets it.
+  void flush() {
+    if (have > from) std::memcpy(base + from, line + from, size_t(have - from));
+    base = nullptr;
+    from = have = 0;
+  }
+
+  void write(void* dst_, const void* src_, size_t n) {
+    char* d = static_cast<char*>(dst_);
+    const char* s = static_cast<const char*>(src_);
+    if (n == 0) return;
+    if (base == nullptr || d != base + have) {  // not where the last write ended: a new run
+      flush();
+      base = reinterpret_cast<char*>(reinterpret_cast<uintptr_t>(d) & ~uintptr_t(63));
+      from = have = int(d - base);
+    }
+    while (n > 0) {
+      if (have == 0 && n >= 64) {  // line-aligned: whole lines straight from the source
+        for (; n >= 64; n -= 64, s += 64, base += 64) store_line(base, s);
+        continue;
+      }
+      const int k = int(std::min<size_t>(n, size_t(64 - have)));
+      std::memcpy(line + have, s, size_t(k));
+      have += k, s += k, n -= size_t(k);
+      if (have == 64) {
+        if (from == 0) {
+          store_line(base, line);
+        } else {
+          std::memcpy(base + from, line + from, size_t(64 - from));
+        }
+        base += 64;
+        from = have = 0;
+      }
+    }
+  }
+};
+
+// One writer per output stream (noisy, labels, masked, loss weight; × 2 views) and thread.
+constexpr int kStreams = 8;
+inline LineWriter* line_writers() {
+  thread_local LineWriter w[kStreams];
+  return w;
 }
 
+// Starts a thread's streaming writes: whatever a writer holds from a call that did not finish
+// (an exception inside the region) is dropped, never written to memory that may be gone.
+inline void stream_begin() {
+  LineWriter* w = line_writers();
+  for (int i = 0; i < kStreams; ++i) w[i] = LineWriter{};
+}
+
+// Ends a thread's streaming writes: what its writers hold is stored, and the non-temporal stores
+// are made visible before the parallel region joins.
 inline void stream_fence() {
+  LineWriter* w = line_writers();
+  for (int i = 0; i < kStreams; ++i) w[i].flush();
 #if defined(__SSE2__)
   _mm_sfence();
 #endif
@@ -251,16 +312,20 @@ struct Kernel {
     const IdT mask = IdT(c.mask_id);
     const int64_t views = c.complementary ? 2 : 1;
     alignas(64) unsigned char stage[kChunk * 8];
+    LineWriter* writers = c.streaming_stores ? line_writers() : nullptr;
+    int stream = 0;  // index of the writer of the next put()
     const auto put = [&](auto* dst, const auto& fill) {
       using T = std::remove_pointer_t<decltype(dst)>;
-      if (c.streaming_stores) {
+      if (writers != nullptr) {
         fill(reinterpret_cast<T*>(stage));
-        stream_copy(dst, stage, size_t(n) * sizeof(T));
+        writers[stream].write(dst, stage, size_t(n) * sizeof(T));
       } else {
         fill(dst);
       }
+      ++stream;
     };
     for (int64_t v = 0; v < views; ++v) {
+      stream = int(4 * v);
       const uint8_t* mv = v ? c8 : m8;
       const int64_t o = v * c.T + t;
       // Selects as bit masks (all ones where masked): branch-free, so the loops vectorize.
@@ -543,6 +608,7 @@ template <typename F>
 void for_each_item(int64_t nslots, int64_t nitems, const F& body) {
   std::atomic<int64_t> next{0};
   at::parallel_for(0, nslots, 1, [&](int64_t b, int64_t e) {
+    stream_begin();
     for (int64_t slot = b; slot < e; ++slot) {
       for (int64_t i; (i = next.fetch_add(1, std::memory_order_relaxed)) < nitems;) body(slot, i);
     }
