@@ -62,6 +62,16 @@ def packed_case(lengths, seed=0, *, prompt=True, prio_rate=0.25, per_seg_sigma=T
     return {k: (v.to(device) if isinstance(v, torch.Tensor) else v) for k, v in args.items()}
 
 
+def with_threads(n: int, fn):
+    """``fn()`` with torch's intra-op thread count set to ``n`` (restored after)."""
+    old = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        return fn()
+    finally:
+        torch.set_num_threads(old)
+
+
 def assert_same(a: dm.MaskedBatch, b: dm.MaskedBatch, what=""):
     """Bit-for-bit equality of two results (dtype and shape included)."""
     for name in dm.MaskedBatch._fields:

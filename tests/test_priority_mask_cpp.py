@@ -21,7 +21,7 @@ import dllm_masks as dm
 from dllm_masks import ops
 from dllm_masks.reference import priority_mask_ref
 from dllm_masks.rng import sequence_draws
-from dllm_masks.testing import PHILOX_KNOWN_ANSWERS, AWKWARD, VECTORS, assert_same, packed_case, random_cases
+from dllm_masks.testing import PHILOX_KNOWN_ANSWERS, AWKWARD, VECTORS, assert_same, packed_case, random_cases, with_threads
 
 REQUIRE = os.environ.get("DLLM_MASKS_REQUIRE_CPP") == "1"
 if ops._cpp is None and not REQUIRE:
@@ -130,15 +130,6 @@ def test_random_cases_baseline_build(monkeypatch, kw):
     _check(kw, "hypothesis, baseline build")
 
 
-def _with_threads(n, fn):
-    old = torch.get_num_threads()
-    torch.set_num_threads(n)
-    try:
-        return fn()
-    finally:
-        torch.set_num_threads(old)
-
-
 @pytest.mark.parametrize("sampling", ["bernoulli", "exact"])
 @pytest.mark.parametrize("block", [None, 16])
 def test_threads_give_the_same_answer(sampling, block):
@@ -147,9 +138,9 @@ def test_threads_give_the_same_answer(sampling, block):
     lengths = [70000, 3, 0, 20000] + [57] * 40 + [2049, 1]
     kw = packed_case(lengths, seed=8, block_size=block, sampling=sampling, complementary=True, weight=2.0,
                      loss_weight="token")
-    one = _with_threads(1, lambda: dm.priority_mask(**kw, backend="cpp"))
+    one = with_threads(1, lambda: dm.priority_mask(**kw, backend="cpp"))
     for n in (2, 3):
-        assert_same(one, _with_threads(n, lambda: dm.priority_mask(**kw, backend="cpp")), f"{n} threads vs 1")
+        assert_same(one, with_threads(n, lambda: dm.priority_mask(**kw, backend="cpp")), f"{n} threads vs 1")
     assert_same(one, dm.priority_mask(**kw, backend="ref"), "vs reference")
 
 

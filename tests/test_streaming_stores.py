@@ -11,7 +11,7 @@ from hypothesis import HealthCheck, given, settings
 
 import dllm_masks as dm
 from dllm_masks import ops
-from dllm_masks.testing import AWKWARD, assert_same, packed_case, random_cases
+from dllm_masks.testing import AWKWARD, assert_same, packed_case, random_cases, with_threads
 
 pytestmark = [pytest.mark.skipif(ops._cpp is None, reason="C++ extension not built"),
               pytest.mark.filterwarnings("ignore:divide by zero:RuntimeWarning")]
@@ -26,15 +26,6 @@ OPTIONS = [
 @pytest.fixture
 def stream_all(monkeypatch):
     monkeypatch.setenv("DLLM_MASKS_CPU_STREAM_BYTES", "0")
-
-
-def _threads(n, fn):
-    old = torch.get_num_threads()
-    torch.set_num_threads(n)
-    try:
-        return fn()
-    finally:
-        torch.set_num_threads(old)
 
 
 def _guarded_out(kw, guard=77):
@@ -82,9 +73,9 @@ def test_many_items_and_threads_streamed(stream_all, threads, opts):
     if float_weights:
         kw["priority"] = torch.rand(sum(lengths), generator=torch.Generator().manual_seed(9)) * 4
     want = dm.priority_mask(**kw, backend="ref")
-    assert_same(_threads(threads, lambda: dm.priority_mask(**kw, backend="cpp")), want, f"{threads} threads")
+    assert_same(with_threads(threads, lambda: dm.priority_mask(**kw, backend="cpp")), want, f"{threads} threads")
     out, backing = _guarded_out(kw)
-    got = _threads(threads, lambda: dm.priority_mask(**kw, backend="cpp", out=out))
+    got = with_threads(threads, lambda: dm.priority_mask(**kw, backend="cpp", out=out))
     assert_same(got, want, f"{threads} threads, out=")
     _assert_guards(backing, f"{threads} threads")
 
