@@ -130,7 +130,7 @@ def run(args) -> dict:
              if p not in skipped and not (p in ("dfactory",) + FLOORS and s != samplings[0])]
     bar = tqdm(sizes, desc="bench", unit="size", file=sys.stderr) if tqdm else sizes
     for T in bar:
-        kw = with_block_size(C.workload(T, id_dtype=torch.int64), args.block_size)
+        kw = with_block_size(C.workload(T, id_dtype=torch.int64, uneven=args.uneven), args.block_size)
         torch._dynamo.reset()  # one compile per (size, sampling): stay under dynamo's recompile limit
         nbytes = C.essential_bytes(kw, loss_weight=args.loss_weight is not None)
         if hasattr(bar, "set_postfix_str"):
@@ -169,7 +169,7 @@ def run(args) -> dict:
     return {"bench": "priority_mask", "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
             "commit": C.git_commit(), "machine": C.machine_info(), "device": "cpu",
             "flatness": flatness(rows),
-            "config": {"seq_len": C.SEQ_LEN, "block_size": args.block_size, "prio_rate": 0.25, "sigma": [0.3, 0.8],
+            "config": {"seq_len": C.SEQ_LEN, "uneven": args.uneven, "block_size": args.block_size, "prio_rate": 0.25, "sigma": [0.3, 0.8],
                        "weight": 2.0, "env": {k: v for k, v in os.environ.items() if k.startswith(ENV_PREFIXES)},
                        "complementary": True, "ids": "int64", "loss_weight": args.loss_weight, "validate": False,
                        "min_reps": args.min_reps, "budget_s": args.budget},
@@ -266,7 +266,9 @@ def plot(record: dict, path: Path) -> None:
     m = record["machine"]
     K = record["config"].get("block_size")
     env = " ".join(f"{k}={v}" for k, v in record["config"].get("env", {}).items())
-    fig.suptitle(f"priority_mask, {record['config']['seq_len']}-token sequences, σ per "
+    lengths = (f"uneven sequences (mean {record['config']['seq_len']} tokens)" if record["config"].get("uneven")
+               else f"{record['config']['seq_len']}-token sequences")
+    fig.suptitle(f"priority_mask, {lengths}, σ per "
                  f"{'block of ' + str(K) if K else 'sequence'}, w=2, complementary {env} — "
                  f"{m.get('cpu') or m['platform']}, {m['threads']} threads, torch {m['torch']}, {record['commit']}", fontsize=9)
     fig.tight_layout()
@@ -282,6 +284,8 @@ def main(argv=None) -> int:
     ap.add_argument("--loss-weight", default=None, choices=[None, "sigma", "token"])
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--block-size", type=int, default=None, help="one σ per block of this many positions")
+    ap.add_argument("--uneven", action="store_true",
+                    help="sequences of 256-3840 tokens and T - 1 tokens in all (as packing gives) instead of 2048 each")
     ap.add_argument("--min-reps", type=int, default=7)
     ap.add_argument("--budget", type=float, default=3.0, help="seconds of timed repeats per case")
     ap.add_argument("--out", type=Path, default=C.RESULTS / "priority_mask.json")

@@ -24,16 +24,29 @@ MASK_ID = 126336  # LLaDA's [MASK]
 
 
 def workload(T: int, *, seq_len: int = SEQ_LEN, prio_rate: float = 0.25, seed: int = 0, device="cpu",
-             id_dtype=torch.int64) -> dict:
+             id_dtype=torch.int64, uneven: bool = False) -> dict:
     """The benchmark batch: T tokens packed in sequences of ``seq_len`` with prompts of 5-25 %,
-    ``prio_rate`` priority tokens and σ ~ U[0.3, 0.8] per sequence. Returns ``priority_mask`` kwargs."""
+    ``prio_rate`` priority tokens and σ ~ U[0.3, 0.8] per sequence. Returns ``priority_mask`` kwargs.
+
+    ``uneven``: sequences of 1/8 to 15/8 ``seq_len`` tokens (uniform), and T - 1 tokens in all,
+    as packing gives: no sequence, and not the complement view (which starts at offset T), starts
+    on a cache-line boundary by design."""
     g = torch.Generator().manual_seed(seed)
     B = max(1, T // seq_len)
-    T = B * seq_len
+    if uneven:
+        lens = torch.randint(seq_len // 8, 15 * seq_len // 8 + 1, (2 * B + 2,), generator=g)
+        lens = lens[torch.cumsum(lens, 0) < T - 1]
+        lens = torch.cat([lens, torch.tensor([T - 1 - int(lens.sum())])])
+        B, T = lens.numel(), T - 1
+        cu = torch.cat([torch.zeros(1, dtype=torch.int64), torch.cumsum(lens, 0)]).to(torch.int32)
+    else:
+        lens = torch.full((B,), seq_len)
+        T = B * seq_len
+        cu = torch.arange(B + 1, dtype=torch.int32) * seq_len
     kw = dict(
         input_ids=torch.randint(0, 126000, (T,), generator=g).to(id_dtype),
-        cu_seqlens=torch.arange(B + 1, dtype=torch.int32) * seq_len,
-        prompt_lens=(torch.rand(B, generator=g) * 0.2 * seq_len + 0.05 * seq_len).long(),
+        cu_seqlens=cu,
+        prompt_lens=(torch.rand(B, generator=g) * 0.2 * lens + 0.05 * lens).long(),
         priority=torch.rand(T, generator=g) < prio_rate,
         sigma=0.3 + 0.5 * torch.rand(B, generator=g),
     )
