@@ -17,7 +17,8 @@ reports what it measured):
    priority, σ ~ U[0.3, 0.8], w = 2, complementary, labels) at T = 1M, 4M, 16M, 64M tokens for
    ``ref`` (eager reference), ``compiled`` (torch.compile of the reference), ``dfactory`` (uniform
    ``rand < t`` masking), ``triton`` (the public op, eager), ``triton_out`` (the same writing into
-   reused buffers, ``out=``), ``triton_graph`` (the same op
+   reused buffers, ``out=``), ``triton_plan`` (the same through ``dm.MaskPlan``: arguments checked
+   once, not per call), ``triton_graph`` (the same op
    replayed from a CUDA graph: device time without launch gaps), ``triton_blocks`` and
    ``triton_blocks_graph`` (the same two with one σ per block of 32 positions on the same tokens:
    the run kernel, runs of whole blocks per program; checked against the reference too) and
@@ -61,7 +62,7 @@ import dllm_masks as dm  # noqa: E402
 from dllm_masks.reference import priority_mask_ref  # noqa: E402
 
 SIZES = {"1M": 1 << 20, "4M": 1 << 22, "16M": 1 << 24, "64M": 1 << 26}
-PROVIDERS = ["copy", "triton", "triton_out", "triton_graph", "triton_blocks", "triton_blocks_graph", "dfactory", "ref",
+PROVIDERS = ["copy", "triton", "triton_out", "triton_plan", "triton_graph", "triton_blocks", "triton_blocks_graph", "dfactory", "ref",
              "compiled"]
 RUN_BLOCK = 32  # the block size of the triton_blocks providers (the block-diffusion recipe)
 TARGETS = "T = 16M: >= 75 % of copy bandwidth, >= 20x eager ref, >= 3x compiled ref; T = 1M: <= 2x the copy floor"
@@ -278,6 +279,8 @@ def phase_timings(dev: str, sizes, providers, budget: Budget, record: dict, save
                     buf = dm.empty_masked_batch(kw["input_ids"], cu_seqlens=kw["cu_seqlens"],
                                                 block_size=kw.get("block_size"), complementary=True)
                     fn = lambda: dm.priority_mask(**dkw, backend="triton", validate=False, out=buf)  # noqa: E731
+                elif prov == "triton_plan":  # arguments checked once (dm.MaskPlan), then only the kernel
+                    fn = dm.MaskPlan(**dkw, backend="triton", validate=False).run
                 elif prov == "triton_graph":
                     fn = capture_graph(triton_fn)[0]
                 elif prov == "triton_blocks":
