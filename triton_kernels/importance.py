@@ -581,19 +581,20 @@ class WeightsLaunchSettings(NamedTuple):
     @property
     def select_groups(self) -> int:
         """Philox groups per step of the two-level radix select (exact sampling), whose one-hot
-        matrices are 2 × 4·GS × 16: 16 where the histogram passes build half the bins at a time
-        (the fewer threads: 32 values or fewer per thread), else 64."""
-        return min(self.tile // 4, 16 if self.hist_bins < 256 else 64)
+        matrices are 2 × 4·GS × 16: 16 up to four warps (32 values or fewer per thread), else 64."""
+        return min(self.tile // 4, 16 if self.num_warps <= 4 else 64)
 
 
-def weights_launch_settings(block_size: int) -> WeightsLaunchSettings:
+def weights_launch_settings(block_size: int, exact: bool = False) -> WeightsLaunchSettings:
     """Per sequence: 1024-token tiles and histogram steps of 64 tokens; per block: one tile holding
     a block that starts mid Philox group (K + 3 positions, at least 64), up to 1024, and
-    histogram steps of 16 tokens (one-hot matrices of 256 × 16 for the fewer threads, built 128
-    bins at a time up to four warps: all at once they spill, benchmarks/gpu_static_weights.py)."""
+    histogram steps of 16 tokens (one-hot matrices of 256 × 16 for the fewer threads). The
+    one-hot matrices are built 128 bins at a time per block up to four warps and per sequence
+    with ``exact``: all at once, those specializations spill (benchmarks/gpu_static_weights.py)."""
     tile = 1024 if block_size <= 0 else min(1024, max(64, triton.next_power_of_2(block_size + 3)))
     warps = max(2, min(8, tile // 128))
-    return WeightsLaunchSettings(tile, 64 if block_size <= 0 else 16, warps, 128 if 0 < block_size and warps <= 4 else 256)
+    half = (block_size > 0 and warps <= 4) or (block_size <= 0 and exact)
+    return WeightsLaunchSettings(tile, 64 if block_size <= 0 else 16, warps, 128 if half else 256)
 
 
 def priority_mask_weights_triton(input_ids, cu_seqlens, sigma, priority, maskable, prompt_lens, sample_ids, rng,
@@ -627,7 +628,7 @@ def priority_mask_weights_triton_out(input_ids, cu_seqlens, sigma, priority, mas
     cu, rng = cu_seqlens.to(torch.int32).contiguous(), rng.to(torch.int64).contiguous()
     sig = sigma.to(torch.float32).contiguous()
     segstart, segseq = (cu, cu) if K == 0 else _segment_table(cu, T, K, S)
-    st, dummy = settings or weights_launch_settings(K), rng  # dummy: never read, its flag is off
+    st, dummy = settings or weights_launch_settings(K, bool(exact)), rng  # dummy: never read, its flag is off
     w = priority.to(torch.float32).contiguous().view(torch.int32)
     mk = maskable.contiguous().view(torch.uint8) if maskable is not None else dummy
     plen = prompt_lens.to(torch.int64).contiguous() if prompt_lens is not None else dummy
@@ -680,7 +681,7 @@ def compile_weights_specialization(arch: int = 90, *, exact: bool = False, block
     from triton.compiler import ASTSource
 
     fn = _weights_kernel
-    st = settings or weights_launch_settings(block_size)
+    st = settings or weights_launch_settings(block_size, exact)
     const = dict(G=st.tile // 4, GS=st.select_groups, HB=st.hist, HBINS=st.hist_bins, SEG_IS_SEQ=block_size == 0, HAS_MASKABLE=has_maskable,
                  HAS_PROMPT=has_prompt, EXACT=exact, COMPLEMENT=complementary, HAS_LW=loss_weight)
     seg = "*i32" if block_size == 0 else "*i64"
