@@ -17,9 +17,9 @@ any specialization spills.
 
 Traffic: for the weights kernel with the defaults above (per sequence and per block of 32;
 Bernoulli and exact; sm_90) it reads the global memory bytes per token of every loop over a
-segment's tokens from the PTX as gpu_static.py does (bytes per thread of the loop's ``ld/st.global`` × threads / tokens per
-iteration). The loops run a data-dependent number of times, so the total is given for the passes
-each case takes:
+segment's tokens from the PTX as gpu_static.py does (bytes per thread of the loop's
+``ld/st.global`` × threads / tokens per iteration). The loops run a data-dependent number of
+times, so the total is given for the passes each case takes:
 
 * pass 1 (statistics and exponent histogram) and the write pass always;
 * 0 to 3 refinement passes (the clip boundary inside an occupied exponent bucket: one per radix

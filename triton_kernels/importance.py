@@ -411,8 +411,9 @@ def _weights_kernel(
     ids_ptr, cu_ptr, segstart_ptr, segseq_ptr, sigma_ptr, w_ptr, mk_ptr, plen_ptr, sid_ptr, rng_ptr,
     noisy_ptr, masked_ptr, labels_ptr, lw_ptr, rates_ptr,
     T, sigma_stride, has_sid, lw_mode, mask_id,
-    G: tl.constexpr, GS: tl.constexpr, HB: tl.constexpr, HBINS: tl.constexpr, SEG_IS_SEQ: tl.constexpr, HAS_MASKABLE: tl.constexpr,
-    HAS_PROMPT: tl.constexpr, EXACT: tl.constexpr, COMPLEMENT: tl.constexpr, HAS_LW: tl.constexpr,
+    G: tl.constexpr, GS: tl.constexpr, HB: tl.constexpr, HBINS: tl.constexpr, SEG_IS_SEQ: tl.constexpr,
+    HAS_MASKABLE: tl.constexpr, HAS_PROMPT: tl.constexpr, EXACT: tl.constexpr, COMPLEMENT: tl.constexpr,
+    HAS_LW: tl.constexpr,
 ):
     """Program s: segment s, whole (statistics, solve, selection, both views, its rates). Tiles of
     G Philox groups (the write and line passes), GS groups (the two-level radix select, whose
