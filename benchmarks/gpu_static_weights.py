@@ -1,15 +1,25 @@
 """Static GPU evidence for the float32 importance-weights Triton kernel, without a GPU, next to the
 boolean kernel (benchmarks/gpu_static.py, whose PTX readers and traffic model this reuses).
 
-    .venv/bin/python benchmarks/gpu_static_weights.py [--json benchmarks/results/gpu_static_weights.json]
+    .venv/bin/python benchmarks/gpu_static_weights.py            # every specialization, sm_80 and sm_90
+    .venv/bin/python benchmarks/gpu_static_weights.py --quick    # a few (tests/test_gpu_static_weights.py)
+    .venv/bin/python benchmarks/gpu_static_weights.py --json benchmarks/results/gpu_static_weights.json
 
-For the weights kernel of ``triton_kernels/importance.py`` (priority and prompt lengths given,
-both views, "token" loss weights, int64 ids; per sequence and per block of 32; Bernoulli and
-exact) it compiles for sm_90 with Triton's ptxas and reports registers, spills, shared memory,
-and the global memory bytes per token of every loop over a segment's tokens, read from the PTX
-as gpu_static.py does (bytes per thread of the loop's ``ld/st.global`` × threads / tokens per
-iteration). The loops run a data-dependent number of times, so the total is given for the passes
-each case takes:
+Resources: it compiles the weights kernel of ``triton_kernels/importance.py`` to cubin for sm_80
+and sm_90 with Triton's ptxas and reports registers per thread, spill stores / loads and shared
+memory of every specialization a user can reach: Bernoulli and exact; per sequence and per block
+at one block size of each launch-settings class (K = 32, 100, 200, 500, 1000: tiles of 64 … 1024
+positions; longer blocks launch the K = 1000 settings); with and without ``maskable``; priority
+and prompt lengths given, both views, "token" loss weights, int64 ids, and each of those four
+options turned off alone (per sequence and per block of 32). ``--quick``: both archs, per
+sequence and per block of 32 (and K = 200, exact), the rest at their defaults. Exits non-zero if
+any specialization spills.
+
+Traffic: for the weights kernel with the defaults above (per sequence and per block of 32;
+Bernoulli and exact; sm_90) it reads the global memory bytes per token of every loop over a
+segment's tokens from the PTX as gpu_static.py does (bytes per thread of the loop's
+``ld/st.global`` × threads / tokens per iteration). The loops run a data-dependent number of
+times, so the total is given for the passes each case takes:
 
 * pass 1 (statistics and exponent histogram) and the write pass always;
 * 0 to 3 refinement passes (the clip boundary inside an occupied exponent bucket: one per radix
@@ -37,28 +47,87 @@ import gpu_static  # noqa: E402
 ROOT = Path(__file__).resolve().parent.parent
 
 _WORKER = r"""
-import json, os, sys, tempfile, subprocess
+import json, os, sys, tempfile, subprocess, torch
 assert os.environ.get("TRITON_INTERPRET", "0") != "1"
 from dllm_masks.triton_kernels import importance as tw
-try:  # Triton >= 3.7 picks a ptxas per architecture
-    from triton.backends.nvidia.compiler import get_ptxas
-    ptxas = get_ptxas(90).path
-except (ImportError, TypeError):
-    from triton import knobs
-    ptxas = knobs.nvidia.ptxas.path
+
+
+def ptxas_for(arch):
+    try:  # Triton >= 3.7 picks a ptxas per architecture
+        from triton.backends.nvidia.compiler import get_ptxas
+        return get_ptxas(arch).path
+    except (ImportError, TypeError):
+        from triton import knobs
+        return knobs.nvidia.ptxas.path
+
+
 out = []
 for spec in json.loads(sys.argv[1]):
-    ck = tw.compile_weights_specialization(90, exact=spec["exact"], block_size=spec["block_size"])
-    st = tw.weights_launch_settings(spec["block_size"])
+    ck = tw.compile_weights_specialization(spec["arch"], exact=spec["exact"], block_size=spec["block_size"],
+                                           complementary=spec["complementary"], loss_weight=spec["loss_weight"],
+                                           ids_dtype=getattr(torch, spec["ids"]), has_maskable=spec["maskable"],
+                                           has_prompt=spec["prompt"])
+    st = tw.weights_launch_settings(spec["block_size"], spec["exact"])
+    gpu = f"sm_{spec['arch']}a" if spec["arch"] == 90 else f"sm_{spec['arch']}"
     with tempfile.TemporaryDirectory() as d:
         with open(os.path.join(d, "k.ptx"), "w") as f:
             f.write(ck.asm["ptx"])
-        r = subprocess.run([ptxas, "-v", "--gpu-name=sm_90a", os.path.join(d, "k.ptx"), "-o", os.path.join(d, "k.cubin")],
-                           capture_output=True, text=True)
-    out.append(dict(spec, ptx=ck.asm["ptx"], ptxas=r.stdout + r.stderr, shared=ck.metadata.shared,
-                    num_warps=ck.metadata.num_warps, tile=st.tile, hist=st.hist))
+        r = subprocess.run([ptxas_for(spec["arch"]), "-v", f"--gpu-name={gpu}", os.path.join(d, "k.ptx"), "-o",
+                            os.path.join(d, "k.cubin")], capture_output=True, text=True)
+    out.append(dict(spec, ptx=ck.asm["ptx"], ptxas=r.stdout + r.stderr, ptxas_rc=r.returncode,
+                    shared=ck.metadata.shared, num_warps=ck.metadata.num_warps, tile=st.tile, hist=st.hist))
 json.dump(out, sys.stdout)
 """
+
+DEFAULTS = dict(complementary=True, loss_weight=True, ids="int64", maskable=False, prompt=True)
+BLOCK_CLASSES = (32, 100, 200, 500, 1000)  # one block size per launch-settings class (tiles 64 … 1024)
+OPTIONS_OFF = (dict(complementary=False), dict(loss_weight=False), dict(ids="int32"), dict(prompt=False))
+
+
+def specializations(quick: bool) -> list:
+    """Options of every reachable specialization (``quick``: a covering few); the traffic
+    model's four (sm_90, defaults, per sequence and per block of 32) come first."""
+    model = [dict(DEFAULTS, arch=90, exact=e, block_size=K) for K in (0, gpu_static.BLOCK) for e in (False, True)]
+    if quick:
+        return model + [dict(DEFAULTS, arch=80, exact=e, block_size=K) for K in (0, gpu_static.BLOCK)
+                        for e in (False, True)] + [dict(DEFAULTS, arch=a, exact=True, block_size=200) for a in (80, 90)]
+    specs = list(model)
+    for arch in (80, 90):
+        for exact in (False, True):
+            for K in (0,) + BLOCK_CLASSES:
+                for mk in (False, True):
+                    specs.append(dict(DEFAULTS, arch=arch, exact=exact, block_size=K, maskable=mk))
+            for K in (0, gpu_static.BLOCK):
+                for off in OPTIONS_OFF:
+                    specs.append(dict(DEFAULTS, arch=arch, exact=exact, block_size=K, **off))
+    seen, out = set(), []
+    for sp in specs:
+        key = json.dumps(sp, sort_keys=True)
+        if key not in seen:
+            seen.add(key)
+            out.append(sp)
+    return out
+
+
+def compile_all(specs: list, jobs: int) -> list:
+    """Compile ``specs`` in ``jobs`` subprocesses (TRITON_INTERPRET unset); results in order."""
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    parts = [specs[i::jobs] for i in range(jobs)]
+    procs = [subprocess.Popen([sys.executable, "-c", _WORKER, json.dumps(p)], cwd=ROOT, env=env,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for p in parts if p]
+    done = []
+    for p in procs:
+        out, err = p.communicate()
+        if p.returncode != 0:
+            raise RuntimeError(f"compiling failed:\n{err[-4000:]}")
+        done.append(json.loads(out))
+    return [done[i % jobs][i // jobs] for i in range(len(specs))]
+
+
+def _label(r: dict) -> str:
+    off = [k for k, v in DEFAULTS.items() if r[k] != v]
+    return (f"sm_{r['arch']} {'sequence' if r['block_size'] == 0 else 'K=' + str(r['block_size']):<8} "
+            f"{'exact' if r['exact'] else 'bernoulli':<9} " + (" ".join(f"{k}={r[k]}" for k in off) or "defaults"))
 
 
 def loop_bytes(ptx: str) -> list:
@@ -99,28 +168,34 @@ def model(rec: dict) -> dict:
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--json", type=Path, default=None)
+    ap.add_argument("--quick", action="store_true", help="a few specializations (the test)")
+    ap.add_argument("--jobs", type=int, default=2, help="compiling processes")
+    ap.add_argument("--json", type=Path, default=None, help="write the report as JSON here")
     args = ap.parse_args(argv)
     try:
         from triton.backends.compiler import GPUTarget  # noqa: F401
     except ImportError as e:
         print(f"no Triton with an NVIDIA backend here ({e}); nothing to compile")
         return 0
-    specs = [dict(exact=e, block_size=K) for K in (0, gpu_static.BLOCK) for e in (False, True)]
-    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    r = subprocess.run([sys.executable, "-c", _WORKER, json.dumps(specs)], cwd=ROOT, env=env, capture_output=True,
-                       text=True)
-    if r.returncode != 0:
-        raise RuntimeError(r.stderr[-4000:])
-    weights = json.loads(r.stdout)
+    compiled = compile_all(specializations(args.quick), args.jobs)
+    kernels = []
+    print("float32 weights kernel compiled with Triton's ptxas (no GPU): resources per specialization")
+    print(f"{'specialization':<62} {'warps':>5} {'regs':>5} {'spill st/ld':>11} {'smem':>6}")
+    for rec in compiled:
+        use = gpu_static.ptxas_usage(rec["ptxas"])
+        row = dict({k: v for k, v in rec.items() if k not in ("ptx", "ptxas")}, **use)
+        kernels.append(row)
+        print(f"{_label(rec):<62} {rec['num_warps']:>5} {use['registers']!s:>5} "
+              f"{use['spill_stores']!s:>5}/{use['spill_loads']!s:<5} {rec['shared']:>6}")
     bool_specs = [dict(kernel=k, arch=90, exact=e, block_size=K, complementary=True, loss_weight=True, ids="int64")
                   for K in (0, gpu_static.BLOCK) for e in (False, True)
                   for k in (("stats", "mask") if K == 0 else ("mask",))]
     bool_rep = gpu_static.report(gpu_static.compile_all(bool_specs, 1))
     rows = []
+    print()
     print("float32 weights kernel vs boolean kernel, sm_90, both views, 'token' loss weights, int64 ids, prompts")
     print("MODEL (bytes per token read from the PTX; not a measurement)")
-    for rec in weights:
+    for rec in compiled[:4]:
         use = gpu_static.ptxas_usage(rec["ptxas"])
         m = model(rec)
         b = next(x for x in bool_rep["roofline_model"] if x["block_size"] == rec["block_size"]
@@ -134,10 +209,15 @@ def main(argv=None) -> int:
               + ", ".join(f"{k} {v:.1f}" if isinstance(v, float) else f"{k} {v}" for k, v in m.items())
               + f" | bool total {b:.1f} -> float/bool {m['total_no_refinement'] / b:.2f}x .. "
               f"{m['total_3_refinements'] / b:.2f}x")
+    spills = [k for k in kernels if k["ptxas_rc"] != 0 or k["spill_stores"] is None
+              or k["spill_stores"] + k["spill_loads"] > 0]
+    print()
+    print(f"spills: {len(spills)} of {len(kernels)} specialization(s)"
+          + ("" if not spills else ": " + ", ".join(_label(k) for k in spills)))
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(rows, indent=1) + "\n")
-    return 0
+        args.json.write_text(json.dumps({"kernels": kernels, "model": rows, "spills": spills}, indent=1) + "\n")
+    return 1 if spills else 0
 
 
 if __name__ == "__main__":

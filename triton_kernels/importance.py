@@ -119,13 +119,23 @@ def _flat_tokens(qb, jlo, jhi, cu_b, plen_b, mk_ptr, w_ptr,
 
 @triton.jit
 def _digit_hist(dig, on, mant, bins):
-    """Counts and significand sums (int64 [256]) of the digits ``dig`` of the tokens ``on``
-    (one-hot reduction; the int32 partial sums hold HB · 2^24 < 2^31). Bins × tokens, tokens
-    along the fast axis: the tile's tokens are spread over the threads, not each read by all."""
+    """Counts and significand sums (int64, shaped like ``bins``: all 256 or half of them) of the
+    digits ``dig`` of the tokens ``on`` (one-hot reduction; the int32 partial sums hold
+    HB · 2^24 < 2^31). Bins × tokens, tokens along the fast axis: the tile's tokens are spread
+    over the threads, not each read by all."""
     oh = (dig[None, :] == bins[:, None]) & on[None, :]
     c = tl.sum(oh.to(tl.int32), axis=1).to(tl.int64)
     m = tl.sum(tl.where(oh, mant.to(tl.int32)[None, :], 0), axis=1).to(tl.int64)
     return c, m
+
+
+@triton.jit
+def _all_bins(lo, hi, HBINS: tl.constexpr):
+    """The [256] histogram from its bins 0..HBINS-1 (``lo``) and, for HBINS = 128, 128..255 (``hi``)."""
+    out = lo
+    if HBINS < 256:
+        out = tl.reshape(tl.trans(tl.join(lo, hi)), [256])
+    return out
 
 
 # ---------------------------------------------------------------------------------------------
@@ -135,10 +145,11 @@ def _digit_hist(dig, on, mant, bins):
 # order the backends share.
 @triton.jit
 def _water_fill(cnt, msum, e_lo, e_hi, P, K, jlo, jhi, cu_b, plen_b, mk_ptr, w_ptr,
-                HB: tl.constexpr, HAS_MASKABLE: tl.constexpr, HAS_PROMPT: tl.constexpr):
+                HB: tl.constexpr, HBINS: tl.constexpr, HAS_MASKABLE: tl.constexpr, HAS_PROMPT: tl.constexpr):
     """(U, q0) of one segment from its exponent histogram (buckets e_lo..e_hi hold its positive
     weights); refinement passes re-read the segment's tokens [jlo, jhi)."""
     bins = tl.arange(0, 256).to(tl.int64)
+    lowb = tl.arange(0, HBINS).to(tl.int64)
     x = msum.to(tl.float64) * _pow2(tl.maximum(bins, 1) - 150)
     # The ascending fold F over the buckets (empty ones add +0.0, which changes nothing).
     acc = K * 0.0
@@ -183,15 +194,25 @@ def _water_fill(cnt, msum, e_lo, e_hi, P, K, jlo, jhi, cu_b, plen_b, mk_ptr, w_p
     while refine:
         shift = 15 - 8 * lv - (lv == 2).to(tl.int32)  # 15, 7, 0
         dmask = 255 >> (lv == 2).to(tl.int32)  # widths 8, 8, 7
-        c = cnt * 0
-        m = cnt * 0
+        c_lo = tl.zeros([HBINS], tl.int64)
+        m_lo = c_lo
+        c_hi = c_lo
+        m_hi = c_lo
         qb = jlo >> 2
         while qb < (jhi + 3) >> 2:
             mk, pos, p = _flat_tokens(qb, jlo, jhi, cu_b, plen_b, mk_ptr, w_ptr, HB, HAS_MASKABLE, HAS_PROMPT)
-            dc, dm = _digit_hist((p >> shift) & dmask, pos & (p >= lo) & (p < hi), _mant(p), bins)
-            c += dc
-            m += dm
+            dig = (p >> shift) & dmask
+            on = pos & (p >= lo) & (p < hi)
+            dc, dm = _digit_hist(dig, on, _mant(p), lowb)
+            c_lo += dc
+            m_lo += dm
+            if HBINS < 256:
+                dc, dm = _digit_hist(dig, on, _mant(p), lowb + HBINS)
+                c_hi += dc
+                m_hi += dm
             qb += HB // 4
+        c = _all_bins(c_lo, c_hi, HBINS)
+        m = _all_bins(m_lo, m_hi, HBINS)
         tot = tl.sum(c)
         cbelow = tl.cumsum(c, 0) - c
         mbelow = tl.cumsum(m, 0) - m
@@ -390,12 +411,14 @@ def _weights_kernel(
     ids_ptr, cu_ptr, segstart_ptr, segseq_ptr, sigma_ptr, w_ptr, mk_ptr, plen_ptr, sid_ptr, rng_ptr,
     noisy_ptr, masked_ptr, labels_ptr, lw_ptr, rates_ptr,
     T, sigma_stride, has_sid, lw_mode, mask_id,
-    G: tl.constexpr, GS: tl.constexpr, HB: tl.constexpr, SEG_IS_SEQ: tl.constexpr, HAS_MASKABLE: tl.constexpr,
-    HAS_PROMPT: tl.constexpr, EXACT: tl.constexpr, COMPLEMENT: tl.constexpr, HAS_LW: tl.constexpr,
+    G: tl.constexpr, GS: tl.constexpr, HB: tl.constexpr, HBINS: tl.constexpr, SEG_IS_SEQ: tl.constexpr,
+    HAS_MASKABLE: tl.constexpr, HAS_PROMPT: tl.constexpr, EXACT: tl.constexpr, COMPLEMENT: tl.constexpr,
+    HAS_LW: tl.constexpr,
 ):
     """Program s: segment s, whole (statistics, solve, selection, both views, its rates). Tiles of
     G Philox groups (the write and line passes), GS groups (the two-level radix select, whose
-    one-hot matrices are 2 × 4·GS × 16) and HB tokens (the histogram passes)."""
+    one-hot matrices are 2 × 4·GS × 16) and HB tokens (the histogram passes, whose one-hot
+    matrices are HBINS × HB: all 256 bins at once, or 128 and then the other 128)."""
     s = tl.program_id(0).to(tl.int64)
     seg_lo, seg_hi, b, cu_b, _, _ = _segment(s, segstart_ptr, segseq_ptr, cu_ptr, 1, SEG_IS_SEQ)
     plen_b = 0
@@ -406,7 +429,7 @@ def _weights_kernel(
     zero = seg_lo * 0
 
     # Pass 1: counts, the two ends of the weights (with how many tokens sit at each), histogram.
-    bins = tl.arange(0, 256).to(tl.int64)
+    lowb = tl.arange(0, HBINS).to(tl.int64)
     n = zero
     P = zero
     pmin = zero + NO_PATTERN
@@ -414,8 +437,10 @@ def _weights_kernel(
     pmax = zero - 1
     cmax = zero
     ppos = zero + NO_PATTERN  # smallest positive pattern
-    cnt = tl.zeros([256], tl.int64)
-    msum = tl.zeros([256], tl.int64)
+    cnt_lo = tl.zeros([HBINS], tl.int64)
+    msum_lo = cnt_lo
+    cnt_hi = cnt_lo
+    msum_hi = cnt_lo
     qb = jlo >> 2
     while qb < (jhi + 3) >> 2:
         mk, pos, p = _flat_tokens(qb, jlo, jhi, cu_b, plen_b, mk_ptr, w_ptr, HB, HAS_MASKABLE, HAS_PROMPT)
@@ -430,10 +455,16 @@ def _weights_kernel(
         cmax = tl.where(tmax > pmax, tcmax, tl.where(tmax == pmax, cmax + tcmax, cmax))
         pmax = tl.maximum(pmax, tmax)
         ppos = tl.minimum(ppos, tl.min(tl.where(pos, p, NO_PATTERN)))
-        dc, dm = _digit_hist(p >> 23, pos, _mant(p), bins)
-        cnt += dc
-        msum += dm
+        dc, dm = _digit_hist(p >> 23, pos, _mant(p), lowb)
+        cnt_lo += dc
+        msum_lo += dm
+        if HBINS < 256:
+            dc, dm = _digit_hist(p >> 23, pos, _mant(p), lowb + HBINS)
+            cnt_hi += dc
+            msum_hi += dm
         qb += HB // 4
+    cnt = _all_bins(cnt_lo, cnt_hi, HBINS)
+    msum = _all_bins(msum_lo, msum_hi, HBINS)
     two = (cmin + tl.where(pmax != pmin, cmax, 0)) == n  # at most two distinct values (N = 0 too)
 
     sig = tl.load(sigma_ptr + s * sigma_stride)
@@ -442,31 +473,39 @@ def _weights_kernel(
     K = s64 * N
     kf = (K + 0.5).to(tl.int64).to(tl.float64)  # floor: K + 0.5 > 0
 
-    # ≤ 2 levels: the boolean op (base: the level 1.0 if present, else the larger one).
-    base_is_min = (pmin == ONE_BITS) & (pmax != ONE_BITS)
-    base = tl.where(base_is_min, pmin, pmax)
-    other = tl.where(base_is_min, pmax, pmin)
-    distinct = two & (n > 0) & (pmin != pmax)
-    ratio = tl.where(distinct, _value(tl.maximum(other, 0)) / _value(tl.minimum(tl.maximum(base, 1), PINF_BITS - 1)),
-                     1.0)
-    other = tl.where(distinct, other, zero - 2)  # no pattern: nobody is in the priority group
-    n1 = tl.where(distinct, tl.where(other == pmin, cmin, cmax), 0)
-    w_mode = tl.where(ratio == 1.0, W_ONE, tl.where(ratio == 0.0, W_ZERO,
-                                                     tl.where(ratio > 1.0, W_ABOVE_ONE, W_BELOW_ONE)))
-    q0b, q1b = _solve_rates(n, n1, s64, ratio, w_mode)
-
     # ≥ 3 levels: water-filling with target K (Bernoulli) or k (exact).
     target = K
     if EXACT:
         target = kf
     Pf = P.to(tl.float64)
     sat = (target >= Pf).to(tl.int32) != 0  # (an integer-born flag: the interpreter cannot broadcast a float-born one)
-    qz = (target - Pf) / tl.where(n == P, 1.0, N - Pf)
     U = zero + PINF_BITS
     q0 = K * 0.0
+    # One branch or the other: the boolean op's rates (read only where ≤ 2 levels), the share of
+    # the zero-weight tokens (only where saturated) and the group of the two-level op are not
+    # needed where the water-filling runs, so none of them is live across its passes.
     if (~two) & (~sat):
         U, q0 = _water_fill(cnt, msum, ppos >> 23, pmax >> 23, P, target, jlo, jhi, cu_b, plen_b, mk_ptr, w_ptr,
-                            HB, HAS_MASKABLE, HAS_PROMPT)
+                            HB, HBINS, HAS_MASKABLE, HAS_PROMPT)
+        other = zero - 2
+        n1 = zero
+        q0b = q0
+        q1b = q0
+        qz = q0
+    else:
+        # ≤ 2 levels: the boolean op (base: the level 1.0 if present, else the larger one).
+        base_is_min = (pmin == ONE_BITS) & (pmax != ONE_BITS)
+        base = tl.where(base_is_min, pmin, pmax)
+        other = tl.where(base_is_min, pmax, pmin)
+        distinct = two & (n > 0) & (pmin != pmax)
+        ratio = tl.where(distinct,
+                         _value(tl.maximum(other, 0)) / _value(tl.minimum(tl.maximum(base, 1), PINF_BITS - 1)), 1.0)
+        other = tl.where(distinct, other, zero - 2)  # no pattern: nobody is in the priority group
+        n1 = tl.where(distinct, tl.where(other == pmin, cmin, cmax), 0)
+        w_mode = tl.where(ratio == 1.0, W_ONE, tl.where(ratio == 0.0, W_ZERO,
+                                                         tl.where(ratio > 1.0, W_ABOVE_ONE, W_BELOW_ONE)))
+        q0b, q1b = _solve_rates(n, n1, s64, ratio, w_mode)
+        qz = (target - Pf) / tl.where(n == P, 1.0, N - Pf)
 
     k0, k1, key_lo, key_hi = _sequence_key(b, rng_ptr, sid_ptr, has_sid)
     V = zero
@@ -531,19 +570,32 @@ def _weights_kernel(
 # ---------------------------------------------------------------------------------------------
 class WeightsLaunchSettings(NamedTuple):
     """``tile`` tokens per step of the Philox passes (four per Philox call), ``hist`` tokens per
-    step of the histogram passes (one-hot over 256 bins), warps per program."""
+    step of the histogram passes, warps per program, and the bins of one one-hot matrix of the
+    histogram passes (256, or 128: each step then builds two in turn, and a thread holds half
+    the values at once)."""
 
     tile: int
     hist: int
     num_warps: int
+    hist_bins: int = 256
+
+    @property
+    def select_groups(self) -> int:
+        """Philox groups per step of the two-level radix select (exact sampling), whose one-hot
+        matrices are 2 × 4·GS × 16: 16 up to four warps (32 values or fewer per thread), else 64."""
+        return min(self.tile // 4, 16 if self.num_warps <= 4 else 64)
 
 
-def weights_launch_settings(block_size: int) -> WeightsLaunchSettings:
+def weights_launch_settings(block_size: int, exact: bool = False) -> WeightsLaunchSettings:
     """Per sequence: 1024-token tiles and histogram steps of 64 tokens; per block: one tile holding
     a block that starts mid Philox group (K + 3 positions, at least 64), up to 1024, and
-    histogram steps of 16 tokens (one-hot matrices of 256 × 16 for the fewer threads)."""
+    histogram steps of 16 tokens (one-hot matrices of 256 × 16 for the fewer threads). The
+    one-hot matrices are built 128 bins at a time per block up to four warps and per sequence
+    with ``exact``: all at once, those specializations spill (benchmarks/gpu_static_weights.py)."""
     tile = 1024 if block_size <= 0 else min(1024, max(64, triton.next_power_of_2(block_size + 3)))
-    return WeightsLaunchSettings(tile, 64 if block_size <= 0 else 16, max(2, min(8, tile // 128)))
+    warps = max(2, min(8, tile // 128))
+    half = (block_size > 0 and warps <= 4) or (block_size <= 0 and exact)
+    return WeightsLaunchSettings(tile, 64 if block_size <= 0 else 16, warps, 128 if half else 256)
 
 
 def priority_mask_weights_triton(input_ids, cu_seqlens, sigma, priority, maskable, prompt_lens, sample_ids, rng,
@@ -577,7 +629,7 @@ def priority_mask_weights_triton_out(input_ids, cu_seqlens, sigma, priority, mas
     cu, rng = cu_seqlens.to(torch.int32).contiguous(), rng.to(torch.int64).contiguous()
     sig = sigma.to(torch.float32).contiguous()
     segstart, segseq = (cu, cu) if K == 0 else _segment_table(cu, T, K, S)
-    st, dummy = settings or weights_launch_settings(K), rng  # dummy: never read, its flag is off
+    st, dummy = settings or weights_launch_settings(K, bool(exact)), rng  # dummy: never read, its flag is off
     w = priority.to(torch.float32).contiguous().view(torch.int32)
     mk = maskable.contiguous().view(torch.uint8) if maskable is not None else dummy
     plen = prompt_lens.to(torch.int64).contiguous() if prompt_lens is not None else dummy
@@ -586,7 +638,7 @@ def priority_mask_weights_triton_out(input_ids, cu_seqlens, sigma, priority, mas
                           noisy, masked, labels, loss_weight if loss_weight_mode else dummy, rates,
                           T, 0 if sig.numel() == 1 else 1, int(sample_ids is not None), int(loss_weight_mode),
                           int(mask_token_id),
-                          G=st.tile // 4, GS=min(st.tile // 4, 64), HB=st.hist, SEG_IS_SEQ=K == 0, HAS_MASKABLE=maskable is not None,
+                          G=st.tile // 4, GS=st.select_groups, HB=st.hist, HBINS=st.hist_bins, SEG_IS_SEQ=K == 0, HAS_MASKABLE=maskable is not None,
                           HAS_PROMPT=prompt_lens is not None, EXACT=bool(exact), COMPLEMENT=bool(complementary),
                           HAS_LW=bool(loss_weight_mode), num_warps=st.num_warps, enable_fp_fusion=False)
     return None
@@ -630,8 +682,8 @@ def compile_weights_specialization(arch: int = 90, *, exact: bool = False, block
     from triton.compiler import ASTSource
 
     fn = _weights_kernel
-    st = settings or weights_launch_settings(block_size)
-    const = dict(G=st.tile // 4, GS=min(st.tile // 4, 64), HB=st.hist, SEG_IS_SEQ=block_size == 0, HAS_MASKABLE=has_maskable,
+    st = settings or weights_launch_settings(block_size, exact)
+    const = dict(G=st.tile // 4, GS=st.select_groups, HB=st.hist, HBINS=st.hist_bins, SEG_IS_SEQ=block_size == 0, HAS_MASKABLE=has_maskable,
                  HAS_PROMPT=has_prompt, EXACT=exact, COMPLEMENT=complementary, HAS_LW=loss_weight)
     seg = "*i32" if block_size == 0 else "*i64"
     ids = {torch.int32: "*i32", torch.int64: "*i64"}[ids_dtype]
