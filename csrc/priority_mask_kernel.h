@@ -74,6 +74,64 @@ Rates solve_rates(int64_t n, int64_t n1_count, float sigma, double w) {
   return {q0, q1};
 }
 
+// Segments per batch of solve_rates_run(): the blocks of one draw chunk are solved together, in
+// loops of this fixed length (one 512-bit vector of float64), unused entries holding n = 0.
+constexpr int kRunSegs = 8;
+
+// solve_rates() for kRunSegs segments at once (n, n1, σ per segment; w the call's): the same
+// float64 operations in the same order, but every case of a segment computed and its own selected
+// (as dllm_masks/rates.py does elementwise), so the loop has no branch that depends on the data:
+// it vectorizes, the divisions of neighbouring blocks overlap, and no block pays a misprediction.
+// w = inf and w = 0 (t_min / t_max with NaN propagation) take the scalar solve.
+inline void solve_rates_run(const int64_t* __restrict n, const int64_t* __restrict n1c,
+                            const float* __restrict sigma, double w, double* __restrict q0o,
+                            double* __restrict q1o) {
+  if (std::isinf(w) || w == 0.0) {
+    for (int j = 0; j < kRunSegs; ++j) {
+      const Rates R = solve_rates(n[j], n1c[j], sigma[j], w);
+      q0o[j] = R.q0;
+      q1o[j] = R.q1;
+    }
+    return;
+  }
+  if (w == 1.0) {
+    for (int j = 0; j < kRunSegs; ++j) {
+      const double N = double(n[j]), s = double(sigma[j]);
+      q0o[j] = q1o[j] = N == 0.0 ? 0.0 : s;
+    }
+    return;
+  }
+  const bool above = w > 1.0;
+  for (int j = 0; j < kRunSegs; ++j) {
+    const double N = double(n[j]);
+    const double n1 = double(n1c[j]);
+    const double n0 = N - n1;
+    const double s = double(sigma[j]);
+    const double K = s * N;
+    const double wn1 = n1 * w;  // w*n1 rounded, then + n0 rounded: no fma
+    const double den = wn1 + n0;
+    const double p = K / den;
+    const double wp = p * w;
+    const double alt0 = (K - n1) / n0;  // w > 1, w*p > 1 (n0 = 0 gives inf/NaN, overridden below)
+    const double alt1 = (K - n0) / n1;  // w < 1, p > 1
+    double q0, q1;
+    if (above) {
+      const bool keep = wp <= 1.0;
+      q0 = keep ? p : alt0;
+      q1 = keep ? wp : 1.0;
+    } else {
+      const bool keep = p <= 1.0;
+      q0 = keep ? p : 1.0;
+      q1 = keep ? wp : alt1;
+    }
+    const bool one_group = n1 == 0.0 || n0 == 0.0;
+    q0 = N == 0.0 ? 0.0 : one_group ? s : q0;
+    q1 = N == 0.0 ? 0.0 : one_group ? s : q1;
+    q0o[j] = q0;
+    q1o[j] = q1;
+  }
+}
+
 // rates.py::exact_counts: k = floor(s*N + 0.5), k1 clamped into [max(0, k - n0), min(n1, k)].
 void exact_counts(int64_t n, int64_t n1, float sigma, const Rates& R, int64_t& k0, int64_t& k1) {
   const double N = double(n);
@@ -114,6 +172,20 @@ void set_thresholds(SegParams& P, const Rates& R) {
       P.en[g] = 1;
       P.thr[g] = t >= 4294967296.0 ? 0xffffffffu : uint32_t(int64_t(t) - 1);
     }
+  }
+}
+
+// set_thresholds() for the kRunSegs rates q[j] of one group, branch-free (the loop vectorizes):
+// en = 0 and thr = 0 where floor(q * 2^32) < 1 (or NaN), else thr = min(floor(q * 2^32), 2^32) - 1.
+inline void thresholds_run(const double* __restrict q, uint32_t* __restrict thr, uint8_t* __restrict en) {
+  for (int j = 0; j < kRunSegs; ++j) {
+    const double t = std::floor(q[j] * 4294967296.0);
+    const bool ok = t >= 1.0;
+    const bool big = t >= 4294967296.0;
+    const double tc = ok && !big ? t : 1.0;  // in [1, 2^32): the conversion is exact and defined
+    const uint32_t x = big ? 0xffffffffu : uint32_t(int64_t(tc) - 1);
+    thr[j] = ok ? x : 0u;
+    en[j] = uint8_t(ok);
   }
 }
 
@@ -167,17 +239,27 @@ struct Scratch {
   uint64_t* sel = nullptr;  // keys of the bucket holding the k-th smallest
 };
 
-// memcpy whose aligned middle uses non-temporal stores (x86 SSE2); callers fence once at the end.
+// memcpy whose aligned middle uses non-temporal stores (x86 SSE2: 16 bytes per store; the AVX-512
+// build: 64, whole cache lines); callers fence once at the end.
 inline void stream_copy(void* dst, const void* src, size_t n) {
 #if defined(__SSE2__)
+#if defined(DLLM_MASKS_AVX512_INTRINSICS)
+  constexpr size_t kVec = 64;
+#else
+  constexpr size_t kVec = 16;
+#endif
   char* d = static_cast<char*>(dst);
   const char* s = static_cast<const char*>(src);
-  size_t head = (16 - (reinterpret_cast<uintptr_t>(d) & 15)) & 15;
+  size_t head = (kVec - (reinterpret_cast<uintptr_t>(d) & (kVec - 1))) & (kVec - 1);
   if (head > n) head = n;
   std::memcpy(d, s, head);
   d += head, s += head, n -= head;
-  for (; n >= 16; n -= 16, d += 16, s += 16) {
+  for (; n >= kVec; n -= kVec, d += kVec, s += kVec) {
+#if defined(DLLM_MASKS_AVX512_INTRINSICS)
+    _mm512_stream_si512(reinterpret_cast<__m512i*>(d), _mm512_loadu_si512(s));
+#else
     _mm_stream_si128(reinterpret_cast<__m128i*>(d), _mm_loadu_si128(reinterpret_cast<const __m128i*>(s)));
+#endif
   }
   std::memcpy(d, s, n);
 #else
@@ -211,6 +293,29 @@ inline int64_t count_both(const uint8_t* m, const uint8_t* p, int64_t n) {
     total += acc;
   }
   return total;
+}
+
+// Sums of the 0/1 bytes a[0, L) and b[0, L) for L <= kChunk: eight bytes per add (each byte lane
+// of the accumulators stays <= kChunk / 8), then the lanes added in 16-bit pairs (total <= kChunk).
+inline void count_bytes(const uint8_t* a, const uint8_t* b, int64_t L, int64_t& na, int64_t& nb) {
+  static_assert(kChunk / 8 <= 255 && kChunk <= 65535, "byte and 16-bit lanes must not overflow");
+  uint64_t sa = 0, sb = 0;
+  int64_t i = 0;
+  for (; i + 8 <= L; i += 8) {
+    uint64_t x, y;
+    std::memcpy(&x, a + i, 8);
+    std::memcpy(&y, b + i, 8);
+    sa += x;
+    sb += y;
+  }
+  const auto hsum = [](uint64_t v) {
+    constexpr uint64_t kLo = 0x00FF00FF00FF00FFull;
+    return int64_t((((v & kLo) + ((v >> 8) & kLo)) * 0x0001000100010001ull) >> 48);
+  };
+  int64_t ra = hsum(sa), rb = hsum(sb);
+  for (; i < L; ++i) ra += a[i], rb += b[i];
+  na = ra;
+  nb = rb;
 }
 
 template <typename IdT, MaskMode M, bool HasPrio>
@@ -317,14 +422,34 @@ struct Kernel {
                                       uint8_t* __restrict m8, uint8_t* __restrict c8) {
     const uint32_t thr0 = P.thr[0], thr1 = P.thr[1];
     const uint8_t en0 = P.en[0], en1 = P.en[1];
-    for (int64_t i = 0; i < n; ++i) {
+    const auto one = [&](int64_t i) {
       const uint8_t g = g8[i];
       const uint32_t thr = g ? thr1 : thr0;
       const uint8_t en = g ? en1 : en0;
       const uint8_t m = mk[i] & en & uint8_t(r[i] <= thr);
       m8[i] = m;
       c8[i] = mk[i] & (m ^ 1);
+    };
+    int64_t i = 0;
+#if defined(DLLM_MASKS_AVX512_INTRINSICS)
+    // 16 tokens per step in mask registers (a block of 32 takes two steps, with no loop prologue
+    // or epilogue): masked <=> maskable & en[g] & r <= thr[g], complement <=> maskable & !masked.
+    const __m512i t0v = _mm512_set1_epi32(int(thr0)), t1v = _mm512_set1_epi32(int(thr1));
+    const __m128i ones = _mm_set1_epi8(1);
+    for (; i + 16 <= n; i += 16) {
+      const __m128i gv = _mm_loadu_si128(reinterpret_cast<const __m128i*>(g8 + i));
+      const __m128i mv = _mm_loadu_si128(reinterpret_cast<const __m128i*>(mk + i));
+      const __mmask16 kg = _mm_test_epi8_mask(gv, gv);
+      const __mmask16 km = _mm_test_epi8_mask(mv, mv);
+      const __mmask16 ken = __mmask16((en1 ? kg : 0) | (en0 ? ~kg : 0));
+      const __m512i thr = _mm512_mask_blend_epi32(kg, t0v, t1v);
+      const __m512i rv = _mm512_loadu_si512(r + i);
+      const __mmask16 kmask = __mmask16(km & ken & _mm512_cmple_epu32_mask(rv, thr));
+      _mm_storeu_si128(reinterpret_cast<__m128i*>(m8 + i), _mm_maskz_mov_epi8(kmask, ones));
+      _mm_storeu_si128(reinterpret_cast<__m128i*>(c8 + i), _mm_maskz_mov_epi8(__mmask16(km & ~kmask), ones));
     }
+#endif
+    for (; i < n; ++i) one(i);
   }
 
   // Bernoulli: tokens [t0, t1) of segment s with parameters P.
@@ -368,14 +493,35 @@ struct Kernel {
       const int64_t n = c.seg_start[sb] - a;  // 0 <= n <= kChunk
       const uint32_t* r = n ? win.get(c, q, p, n, len, kStreamBernoulli) : nullptr;
       bits(q, a, p, n, mk, g8);
-      for (; s < sb; ++s) {
-        const int64_t o = c.seg_start[s] - a, L = c.seg_start[s + 1] - c.seg_start[s];
-        int64_t nm = 0, n1 = 0;
-        for (int64_t i = o; i < o + L; ++i) nm += mk[i], n1 += g8[i];
-        SegParams P;
-        params(P, solve_segment(s, nm, n1), s);
-        bernoulli_decide(P, L, r + o, mk + o, g8 + o, m8 + o, c8 + o);
-        loss_weight_bits(P, L, m8 + o, c8 + o, g8 + o, lw0 + o, lw1 + o);
+      // Up to kRunSegs segments at a time: counts, then their rates solved together, then decisions.
+      while (s < sb) {
+        const int m = int(std::min<int64_t>(kRunSegs, sb - s));
+        alignas(64) int64_t nm[kRunSegs] = {}, n1[kRunSegs] = {};
+        alignas(64) float sg[kRunSegs] = {};
+        alignas(64) double q0[kRunSegs], q1[kRunSegs];
+        alignas(64) uint32_t thr0[kRunSegs], thr1[kRunSegs];
+        alignas(64) uint8_t en0[kRunSegs], en1[kRunSegs];
+        for (int j = 0; j < m; ++j) {
+          const int64_t o = c.seg_start[s + j] - a, L = c.seg_start[s + j + 1] - c.seg_start[s + j];
+          count_bytes(mk + o, g8 + o, L, nm[j], n1[j]);  // L <= kChunk
+          sg[j] = sigma_of(c, s + j);
+        }
+        solve_rates_run(nm, n1, sg, c.w, q0, q1);
+        thresholds_run(q0, thr0, en0);
+        thresholds_run(q1, thr1, en1);
+        for (int j = 0; j < m; ++j, ++s) {
+          const int64_t o = c.seg_start[s] - a, L = c.seg_start[s + 1] - c.seg_start[s];
+          c.rates[2 * s] = q0[j];
+          c.rates[2 * s + 1] = q1[j];
+          SegParams P;
+          P.thr[0] = thr0[j];
+          P.thr[1] = thr1[j];
+          P.en[0] = en0[j];
+          P.en[1] = en1[j];
+          if (c.lw_mode) set_loss_weights(P, Rates{q0[j], q1[j]}, sg[j], c.lw_mode);
+          bernoulli_decide(P, L, r + o, mk + o, g8 + o, m8 + o, c8 + o);
+          loss_weight_bits(P, L, m8 + o, c8 + o, g8 + o, lw0 + o, lw1 + o);
+        }
       }
       if (n) emit(a, n, m8, c8, lw);
     }
