@@ -26,6 +26,32 @@ constexpr int64_t kWindow = kChunk + kBlockPos;
 constexpr int kBucketBits = 8;  // radix select of the exact sampling: 256 buckets of r's top bits
 constexpr int kBuckets = 1 << kBucketBits;
 
+// An array of n default-initialized T: in place up to N elements, on the heap beyond (small
+// calls allocate nothing for their tables and per-thread state).
+template <typename T, size_t N>
+class SmallArray {
+ public:
+  explicit SmallArray(size_t n) { resize(n); }
+  void resize(size_t n) {  // contents are not kept
+    n_ = n;
+    heap_.reset(n > N ? new T[n] : nullptr);
+    p_ = n > N ? heap_.get() : local_;
+  }
+  SmallArray(const SmallArray&) = delete;
+  SmallArray& operator=(const SmallArray&) = delete;
+  T* data() { return p_; }
+  const T* data() const { return p_; }
+  size_t size() const { return n_; }
+  T& operator[](size_t i) { return p_[i]; }
+  const T& operator[](size_t i) const { return p_[i]; }
+
+ private:
+  T local_[N];  // default-initialized: trivial T is left for the caller to write
+  std::unique_ptr<T[]> heap_;
+  T* p_ = local_;
+  size_t n_ = 0;
+};
+
 enum class MaskMode { kAll, kPrompt, kTensor };
 
 // torch.minimum / torch.maximum: NaN propagates (std::min / std::max would drop it).
@@ -658,28 +684,38 @@ struct Kernel {
 // Items: consecutive segments grouped to about `target` tokens (writes stay in order within an
 // item); a Bernoulli segment longer than that is split into chunks of `target` tokens so one
 // long sequence still spreads over every thread. Exact segments are never split.
-std::vector<Item> make_items(const Ctx& c, int64_t target, bool split_long) {
-  std::vector<Item> items;
-  items.reserve(size_t(std::min<int64_t>(c.S, c.T / target + c.S / 1024 + 16)));
+//
+// At most (4T + 16S) / target + 2 items: a push at the threshold takes >= target of the T + 16S
+// counted tokens, a split segment (longer than target) gives at most 2 len / target chunks plus
+// the push before it, and one push ends. make_items_bound() gives it; the items go to `items`.
+int64_t make_items_bound(const Ctx& c, int64_t target) { return (4 * c.T + 16 * c.S) / target + 2; }
+
+template <typename Items>
+int64_t make_items(const Ctx& c, int64_t target, bool split_long, Items& items) {
+  int64_t count = 0;
+  const auto push_back = [&](const Item& it) {
+    TORCH_INTERNAL_ASSERT(size_t(count) < items.size(), "priority_mask: more work items than bounded");
+    items[size_t(count++)] = it;
+  };
   int64_t s0 = 0, tokens = 0;
   for (int64_t s = 0; s < c.S; ++s) {
     const int64_t a = c.seg_start[s], e = c.seg_start[s + 1];
     if (split_long && e - a > target) {
-      if (s > s0) items.push_back({s0, s, c.seg_start[s0], a, false});
-      for (int64_t t = a; t < e; t += target) items.push_back({s, s + 1, t, std::min(e, t + target), true});
+      if (s > s0) push_back({s0, s, c.seg_start[s0], a, false});
+      for (int64_t t = a; t < e; t += target) push_back({s, s + 1, t, std::min(e, t + target), true});
       s0 = s + 1;
       tokens = 0;
       continue;
     }
     tokens += e - a + 16;  // + a little per segment: empty segments still cost their rates
     if (tokens >= target) {
-      items.push_back({s0, s + 1, c.seg_start[s0], e, false});
+      push_back({s0, s + 1, c.seg_start[s0], e, false});
       s0 = s + 1;
       tokens = 0;
     }
   }
-  if (c.S > s0) items.push_back({s0, c.S, c.seg_start[s0], c.T, false});
-  return items;
+  if (c.S > s0) push_back({s0, c.S, c.seg_start[s0], c.T, false});
+  return count;
 }
 
 // Runs body(slot, i) for i in [0, nitems) on `nslots` threads that take items in order from a
@@ -706,15 +742,15 @@ void run_kernel(const Ctx& c) {
   const int64_t nthreads = std::min<int64_t>(std::max(1, at::get_num_threads()),
                                              std::max<int64_t>(1, c.T / kMinTokensPerThread));
   const int64_t target = std::min<int64_t>(65536, std::max<int64_t>(4096, c.T / (nthreads * 16)));
-  const std::vector<Item> items = make_items(c, target, !c.exact);
-  const int64_t nitems = int64_t(items.size());
+  SmallArray<Item, 8> items(size_t(make_items_bound(c, target)));
+  const int64_t nitems = make_items(c, target, !c.exact, items);
   const int64_t nslots = std::min(nthreads, nitems);
 
   // Phase 1 (Bernoulli segments split across items): count each chunk, then solve per segment.
   std::vector<int64_t> split_counts;
-  std::vector<SegParams> split_params(static_cast<size_t>(nitems));
+  SmallArray<SegParams, 8> split_params(static_cast<size_t>(nitems));
   bool any_split = false;
-  for (const Item& it : items) any_split |= it.split;
+  for (int64_t i = 0; i < nitems; ++i) any_split |= items[i].split;
   if (any_split) {
     split_counts.assign(size_t(2 * nitems), 0);
     for_each_item(nslots, nitems, [&](int64_t, int64_t i) {
@@ -749,7 +785,7 @@ void run_kernel(const Ctx& c) {
   }
 
   // Phase 2: every item, fused per segment. Each thread keeps its draw window and scratch.
-  std::vector<DrawWindow> windows(static_cast<size_t>(nslots));
+  SmallArray<DrawWindow, 1> windows(static_cast<size_t>(nslots));
   for_each_item(nslots, nitems, [&](int64_t slot, int64_t i) {
     Scratch sc;
     if (c.exact) {
