@@ -723,6 +723,11 @@ int64_t make_items(const Ctx& c, int64_t target, bool split_long, Items& items) 
 // names the thread's own scratch. at::parallel_for runs on torch's pool and thread count.
 template <typename F>
 void for_each_item(int64_t nslots, int64_t nitems, const F& body) {
+  if (nslots <= 1) {  // one thread: in the caller, without the parallel region's set-up
+    for (int64_t i = 0; i < nitems; ++i) body(0, i);
+    stream_fence();
+    return;
+  }
   std::atomic<int64_t> next{0};
   at::parallel_for(0, nslots, 1, [&](int64_t b, int64_t e) {
     for (int64_t slot = b; slot < e; ++slot) {
