@@ -685,17 +685,19 @@ struct Kernel {
 // item); a Bernoulli segment longer than that is split into chunks of `target` tokens so one
 // long sequence still spreads over every thread. Exact segments are never split.
 //
-// At most (4T + 16S) / target + 2 items: a push at the threshold takes >= target of the T + 16S
-// counted tokens, a split segment (longer than target) gives at most 2 len / target chunks plus
-// the push before it, and one push ends. make_items_bound() gives it; the items go to `items`.
+//
+// The items go to `items` as far as it holds them; returns how many there are (a caller whose
+// array was too small resizes it and calls again). At most (4T + 16S) / target + 2: a push at
+// the threshold takes >= target of the T + 16S counted tokens, a split segment (longer than
+// target) gives at most 2 len / target chunks plus the push before it, and one push ends.
 int64_t make_items_bound(const Ctx& c, int64_t target) { return (4 * c.T + 16 * c.S) / target + 2; }
 
 template <typename Items>
 int64_t make_items(const Ctx& c, int64_t target, bool split_long, Items& items) {
   int64_t count = 0;
   const auto push_back = [&](const Item& it) {
-    TORCH_INTERNAL_ASSERT(size_t(count) < items.size(), "priority_mask: more work items than bounded");
-    items[size_t(count++)] = it;
+    if (size_t(count) < items.size()) items[size_t(count)] = it;
+    ++count;
   };
   int64_t s0 = 0, tokens = 0;
   for (int64_t s = 0; s < c.S; ++s) {
@@ -748,7 +750,11 @@ void run_kernel(const Ctx& c) {
                                              std::max<int64_t>(1, c.T / kMinTokensPerThread));
   const int64_t target = std::min<int64_t>(65536, std::max<int64_t>(4096, c.T / (nthreads * 16)));
   SmallArray<Item, 8> items(size_t(make_items_bound(c, target)));
-  const int64_t nitems = make_items(c, target, !c.exact, items);
+  int64_t nitems = make_items(c, target, !c.exact, items);
+  if (size_t(nitems) > items.size()) {  // never, by the bound; kept so no write can pass the end
+    items.resize(size_t(nitems));
+    nitems = make_items(c, target, !c.exact, items);
+  }
   const int64_t nslots = std::min(nthreads, nitems);
 
   // Phase 1 (Bernoulli segments split across items): count each chunk, then solve per segment.
