@@ -125,7 +125,7 @@ at::Tensor seq_int64(const std::optional<at::Tensor>& x, const char* name, int64
                    x->scalar_type());
   TORCH_CHECK_VALUE(x->dim() == 1 && x->numel() == B, "priority_mask: ", name, ": expected shape [", B,
                     "] (one per sequence), got ", x->sizes());
-  return x->to(at::kLong).contiguous();
+  return x->scalar_type() == at::kLong ? x->contiguous() : x->to(at::kLong).contiguous();
 }
 
 // The AVX-512 build where it exists and the CPU runs it; DLLM_MASKS_CPU_ISA=baseline forces the
@@ -138,18 +138,41 @@ bool use_avx512_kernel() {
 
 // The inputs after check_inputs(): contiguous, in the dtypes the kernel reads, with the sizes
 // every index of the kernel was checked against.
+// cu_seqlens is read in place where it is int64 and contiguous (`cu` then holds it, for the
+// overlap checks), else converted into `cu_store` (no allocation up to 512 offsets).
 struct Inputs {
   at::Tensor ids, cu, sigma, priority, maskable, prompt_lens, sample_ids, rng;
+  detail::SmallArray<int64_t, 512> cu_store{0};
+  const int64_t* cu_ptr = nullptr;  // [B + 1]
   int64_t T = 0, B = 0, S = 0;
   bool weighted = false;  // priority holds float32 importance weights (docs/importance.md)
 };
 
-Inputs check_inputs(const at::Tensor& input_ids_, const at::Tensor& cu_seqlens_, const at::Tensor& sigma_,
-                    const std::optional<at::Tensor>& priority_, const std::optional<at::Tensor>& maskable_,
-                    const std::optional<at::Tensor>& prompt_lens_, const std::optional<at::Tensor>& sample_ids_,
-                    const at::Tensor& rng_, double weight, int64_t block_size, int64_t num_segments,
-                    int64_t loss_weight_mode, int64_t mask_token_id) {
-  Inputs in;
+// cu_seqlens (int32 or int64, 1-D, checked) as int64 offsets: in place, or converted.
+void read_offsets(Inputs& in, const at::Tensor& cu) {
+  const int64_t n = cu.numel(), stride = cu.stride(0);
+  if (cu.scalar_type() == at::kLong && (stride == 1 || n <= 1)) {
+    in.cu = cu;
+    in.cu_ptr = cu.data_ptr<int64_t>();
+    return;
+  }
+  in.cu_store.resize(size_t(n));
+  int64_t* o = in.cu_store.data();
+  if (cu.scalar_type() == at::kLong) {
+    const int64_t* p = cu.data_ptr<int64_t>();
+    for (int64_t i = 0; i < n; ++i) o[i] = p[i * stride];
+  } else {
+    const int32_t* p = cu.data_ptr<int32_t>();
+    for (int64_t i = 0; i < n; ++i) o[i] = p[i * stride];
+  }
+  in.cu_ptr = o;
+}
+
+void check_inputs(Inputs& in, const at::Tensor& input_ids_, const at::Tensor& cu_seqlens_, const at::Tensor& sigma_,
+                  const std::optional<at::Tensor>& priority_, const std::optional<at::Tensor>& maskable_,
+                  const std::optional<at::Tensor>& prompt_lens_, const std::optional<at::Tensor>& sample_ids_,
+                  const at::Tensor& rng_, double weight, int64_t block_size, int64_t num_segments,
+                  int64_t loss_weight_mode, int64_t mask_token_id) {
   // --- dtypes, devices, shapes -----------------------------------------------------------------
   check_cpu(input_ids_, "input_ids");
   const at::ScalarType id_type = input_ids_.scalar_type();
@@ -165,14 +188,14 @@ Inputs check_inputs(const at::Tensor& input_ids_, const at::Tensor& cu_seqlens_,
                    "priority_mask: cu_seqlens: expected dtype int32 or int64, got ", cu_seqlens_.scalar_type());
   TORCH_CHECK_VALUE(cu_seqlens_.dim() == 1 && cu_seqlens_.numel() >= 1,
                     "priority_mask: cu_seqlens: expected a 1-D tensor of B+1 >= 1 offsets, got shape ", cu_seqlens_.sizes());
-  in.cu = cu_seqlens_.to(at::kLong).contiguous();
-  const int64_t B = in.cu.numel() - 1;
+  read_offsets(in, cu_seqlens_);
+  const int64_t B = cu_seqlens_.numel() - 1;
 
   check_cpu(sigma_, "sigma");
   TORCH_CHECK_TYPE(at::isFloatingType(sigma_.scalar_type()), "priority_mask: sigma: expected a floating dtype, got ",
                    sigma_.scalar_type());
   TORCH_CHECK_VALUE(sigma_.dim() <= 1, "priority_mask: sigma: expected a 1-D tensor, got shape ", sigma_.sizes());
-  in.sigma = sigma_.to(at::kFloat).contiguous();
+  in.sigma = sigma_.scalar_type() == at::kFloat ? sigma_.contiguous() : sigma_.to(at::kFloat).contiguous();
 
   in.weighted = priority_.has_value() && priority_->defined() && priority_->scalar_type() == at::kFloat;
   in.priority = in.weighted ? token_weights(*priority_, T) : token_bytes(priority_, "priority", T);
@@ -200,7 +223,7 @@ Inputs check_inputs(const at::Tensor& input_ids_, const at::Tensor& cu_seqlens_,
                     " does not fit input_ids' dtype ", id_type);
 
   // --- values: offsets, segments, σ, prompt lengths ------------------------------------------------
-  const int64_t* cu = in.cu.data_ptr<int64_t>();
+  const int64_t* cu = in.cu_ptr;
   TORCH_CHECK_VALUE(cu[0] == 0, "priority_mask: cu_seqlens: must start at 0, got ", cu[0]);
   int64_t S = 0;
   for (int64_t b = 0; b < B; ++b) {
@@ -230,17 +253,18 @@ Inputs check_inputs(const at::Tensor& input_ids_, const at::Tensor& cu_seqlens_,
   in.T = T;
   in.B = B;
   in.S = S;
-  return in;
 }
 
 // Segment table, int64 [2S + 1]: the first token of each segment [S + 1] (the last = T), then the
 // sequence of each segment [S]. Sequence-major; blocks aligned to each sequence's first token.
-at::Tensor segment_table(const Inputs& in, int64_t block_size) {
+// In place up to 1024 entries (a call of a few thousand tokens allocates nothing here).
+using SegmentTable = detail::SmallArray<int64_t, 1024>;
+
+void segment_table(const Inputs& in, int64_t block_size, SegmentTable& table) {
   const int64_t S = in.S;
-  at::Tensor table = at::empty({2 * S + 1}, at::kLong);
-  int64_t* seg_start = table.data_ptr<int64_t>();
+  int64_t* seg_start = table.data();
   int64_t* seg_seq = seg_start + S + 1;
-  const int64_t* cu = in.cu.data_ptr<int64_t>();
+  const int64_t* cu = in.cu_ptr;
   int64_t s = 0;
   for (int64_t b = 0; b < in.B; ++b) {
     if (block_size == 0) {
@@ -254,7 +278,6 @@ at::Tensor segment_table(const Inputs& in, int64_t block_size) {
     }
   }
   seg_start[S] = in.T;
-  return table;
 }
 
 // The five outputs, flat: noisy_ids [V*T] (input dtype), masked bool, labels int64, loss_weight
@@ -322,13 +345,13 @@ void check_outputs(const Outputs& o, const Inputs& in, bool complementary, int64
 
 // What the kernel reads and writes: pointers into the checked inputs, the segment table and the
 // outputs (all of which outlive the call).
-Ctx make_ctx(const Inputs& in, const at::Tensor& segments, const Outputs& o, double weight, bool exact,
+Ctx make_ctx(const Inputs& in, const SegmentTable& segments, const Outputs& o, double weight, bool exact,
              bool complementary, int64_t loss_weight_mode, int64_t mask_token_id) {
   Ctx c;
   c.T = in.T;
   c.S = in.S;
-  c.cu = in.cu.data_ptr<int64_t>();
-  c.seg_start = segments.data_ptr<int64_t>();
+  c.cu = in.cu_ptr;
+  c.seg_start = segments.data();
   c.seg_seq = c.seg_start + in.S + 1;
   c.prio = in.priority.defined() && !in.weighted ? static_cast<const uint8_t*>(in.priority.data_ptr()) : nullptr;
   c.weights = in.weighted ? in.priority.data_ptr<float>() : nullptr;
@@ -361,7 +384,8 @@ Ctx make_ctx(const Inputs& in, const at::Tensor& segments, const Outputs& o, dou
 void run(const Inputs& in, int64_t block_size, const Outputs& o, double weight, bool exact, bool complementary,
          int64_t loss_weight_mode, int64_t mask_token_id) {
   if (in.S == 0) return;  // no segment, hence no token
-  const at::Tensor segments = segment_table(in, block_size);
+  SegmentTable segments(size_t(2 * in.S + 1));
+  segment_table(in, block_size, segments);
   const Ctx c = make_ctx(in, segments, o, weight, exact, complementary, loss_weight_mode, mask_token_id);
   (use_avx512_kernel() ? detail::priority_mask_kernel_avx512 : detail::priority_mask_kernel_baseline)(c);
 }
@@ -376,8 +400,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> priority_
     const std::optional<at::Tensor>& prompt_lens, const std::optional<at::Tensor>& sample_ids,
     const at::Tensor& rng, double weight, int64_t block_size, int64_t num_segments, bool exact,
     bool complementary, int64_t loss_weight_mode, int64_t mask_token_id) {
-  const Inputs in = check_inputs(input_ids, cu_seqlens, sigma, priority, maskable, prompt_lens, sample_ids, rng, weight,
-                                 block_size, num_segments, loss_weight_mode, mask_token_id);
+  Inputs in;
+  check_inputs(in, input_ids, cu_seqlens, sigma, priority, maskable, prompt_lens, sample_ids, rng, weight, block_size,
+               num_segments, loss_weight_mode, mask_token_id);
   const Outputs o = allocate_outputs(in, complementary, loss_weight_mode);
   run(in, block_size, o, weight, exact, complementary, loss_weight_mode, mask_token_id);
   return {o.noisy, o.masked, o.labels, o.loss_weight, o.rates};
@@ -390,8 +415,9 @@ void priority_mask_out_cpu(
     const at::Tensor& rng, double weight, int64_t block_size, int64_t num_segments, bool exact,
     bool complementary, int64_t loss_weight_mode, int64_t mask_token_id, const at::Tensor& noisy,
     const at::Tensor& masked, const at::Tensor& labels, const at::Tensor& loss_weight, const at::Tensor& rates) {
-  const Inputs in = check_inputs(input_ids, cu_seqlens, sigma, priority, maskable, prompt_lens, sample_ids, rng, weight,
-                                 block_size, num_segments, loss_weight_mode, mask_token_id);
+  Inputs in;
+  check_inputs(in, input_ids, cu_seqlens, sigma, priority, maskable, prompt_lens, sample_ids, rng, weight, block_size,
+               num_segments, loss_weight_mode, mask_token_id);
   const Outputs o{noisy, masked, labels, loss_weight, rates};
   check_outputs(o, in, complementary, loss_weight_mode);
   run(in, block_size, o, weight, exact, complementary, loss_weight_mode, mask_token_id);

@@ -26,6 +26,32 @@ constexpr int64_t kWindow = kChunk + kBlockPos;
 constexpr int kBucketBits = 8;  // radix select of the exact sampling: 256 buckets of r's top bits
 constexpr int kBuckets = 1 << kBucketBits;
 
+// An array of n default-initialized T: in place up to N elements, on the heap beyond (small
+// calls allocate nothing for their tables and per-thread state).
+template <typename T, size_t N>
+class SmallArray {
+ public:
+  explicit SmallArray(size_t n) { resize(n); }
+  void resize(size_t n) {  // contents are not kept
+    n_ = n;
+    heap_.reset(n > N ? new T[n] : nullptr);
+    p_ = n > N ? heap_.get() : local_;
+  }
+  SmallArray(const SmallArray&) = delete;
+  SmallArray& operator=(const SmallArray&) = delete;
+  T* data() { return p_; }
+  const T* data() const { return p_; }
+  size_t size() const { return n_; }
+  T& operator[](size_t i) { return p_[i]; }
+  const T& operator[](size_t i) const { return p_[i]; }
+
+ private:
+  T local_[N];  // default-initialized: trivial T is left for the caller to write
+  std::unique_ptr<T[]> heap_;
+  T* p_ = local_;
+  size_t n_ = 0;
+};
+
 enum class MaskMode { kAll, kPrompt, kTensor };
 
 // torch.minimum / torch.maximum: NaN propagates (std::min / std::max would drop it).
@@ -74,6 +100,64 @@ Rates solve_rates(int64_t n, int64_t n1_count, float sigma, double w) {
   return {q0, q1};
 }
 
+// Segments per batch of solve_rates_run(): the blocks of one draw chunk are solved together, in
+// loops of this fixed length (one 512-bit vector of float64), unused entries holding n = 0.
+constexpr int kRunSegs = 8;
+
+// solve_rates() for kRunSegs segments at once (n, n1, σ per segment; w the call's): the same
+// float64 operations in the same order, but every case of a segment computed and its own selected
+// (as dllm_masks/rates.py does elementwise), so the loop has no branch that depends on the data:
+// it vectorizes, the divisions of neighbouring blocks overlap, and no block pays a misprediction.
+// w = inf and w = 0 (t_min / t_max with NaN propagation) take the scalar solve.
+inline void solve_rates_run(const int64_t* __restrict n, const int64_t* __restrict n1c,
+                            const float* __restrict sigma, double w, double* __restrict q0o,
+                            double* __restrict q1o) {
+  if (std::isinf(w) || w == 0.0) {
+    for (int j = 0; j < kRunSegs; ++j) {
+      const Rates R = solve_rates(n[j], n1c[j], sigma[j], w);
+      q0o[j] = R.q0;
+      q1o[j] = R.q1;
+    }
+    return;
+  }
+  if (w == 1.0) {
+    for (int j = 0; j < kRunSegs; ++j) {
+      const double N = double(n[j]), s = double(sigma[j]);
+      q0o[j] = q1o[j] = N == 0.0 ? 0.0 : s;
+    }
+    return;
+  }
+  const bool above = w > 1.0;
+  for (int j = 0; j < kRunSegs; ++j) {
+    const double N = double(n[j]);
+    const double n1 = double(n1c[j]);
+    const double n0 = N - n1;
+    const double s = double(sigma[j]);
+    const double K = s * N;
+    const double wn1 = n1 * w;  // w*n1 rounded, then + n0 rounded: no fma
+    const double den = wn1 + n0;
+    const double p = K / den;
+    const double wp = p * w;
+    const double alt0 = (K - n1) / n0;  // w > 1, w*p > 1 (n0 = 0 gives inf/NaN, overridden below)
+    const double alt1 = (K - n0) / n1;  // w < 1, p > 1
+    double q0, q1;
+    if (above) {
+      const bool keep = wp <= 1.0;
+      q0 = keep ? p : alt0;
+      q1 = keep ? wp : 1.0;
+    } else {
+      const bool keep = p <= 1.0;
+      q0 = keep ? p : 1.0;
+      q1 = keep ? wp : alt1;
+    }
+    const bool one_group = n1 == 0.0 || n0 == 0.0;
+    q0 = N == 0.0 ? 0.0 : one_group ? s : q0;
+    q1 = N == 0.0 ? 0.0 : one_group ? s : q1;
+    q0o[j] = q0;
+    q1o[j] = q1;
+  }
+}
+
 // rates.py::exact_counts: k = floor(s*N + 0.5), k1 clamped into [max(0, k - n0), min(n1, k)].
 void exact_counts(int64_t n, int64_t n1, float sigma, const Rates& R, int64_t& k0, int64_t& k1) {
   const double N = double(n);
@@ -114,6 +198,20 @@ void set_thresholds(SegParams& P, const Rates& R) {
       P.en[g] = 1;
       P.thr[g] = t >= 4294967296.0 ? 0xffffffffu : uint32_t(int64_t(t) - 1);
     }
+  }
+}
+
+// set_thresholds() for the kRunSegs rates q[j] of one group, branch-free (the loop vectorizes):
+// en = 0 and thr = 0 where floor(q * 2^32) < 1 (or NaN), else thr = min(floor(q * 2^32), 2^32) - 1.
+inline void thresholds_run(const double* __restrict q, uint32_t* __restrict thr, uint8_t* __restrict en) {
+  for (int j = 0; j < kRunSegs; ++j) {
+    const double t = std::floor(q[j] * 4294967296.0);
+    const bool ok = t >= 1.0;
+    const bool big = t >= 4294967296.0;
+    const double tc = ok && !big ? t : 1.0;  // in [1, 2^32): the conversion is exact and defined
+    const uint32_t x = big ? 0xffffffffu : uint32_t(int64_t(tc) - 1);
+    thr[j] = ok ? x : 0u;
+    en[j] = uint8_t(ok);
   }
 }
 
@@ -182,7 +280,9 @@ struct LineWriter {
   alignas(64) char line[64];
 
   static void store_line(char* dst, const char* src) {
-#if defined(__SSE2__)
+#if defined(DLLM_MASKS_AVX512_INTRINSICS)
+    _mm512_stream_si512(reinterpret_cast<__m512i*>(dst), _mm512_loadu_si512(src));
+#elif defined(__SSE2__)
     for (int k = 0; k < 64; k += 16) {
       _mm_stream_si128(reinterpret_cast<__m128i*>(dst + k), _mm_loadu_si128(reinterpret_cast<const __m128i*>(src + k)));
     }
@@ -272,6 +372,29 @@ inline int64_t count_both(const uint8_t* m, const uint8_t* p, int64_t n) {
     total += acc;
   }
   return total;
+}
+
+// Sums of the 0/1 bytes a[0, L) and b[0, L) for L <= kChunk: eight bytes per add (each byte lane
+// of the accumulators stays <= kChunk / 8), then the lanes added in 16-bit pairs (total <= kChunk).
+inline void count_bytes(const uint8_t* a, const uint8_t* b, int64_t L, int64_t& na, int64_t& nb) {
+  static_assert(kChunk / 8 <= 255 && kChunk <= 65535, "byte and 16-bit lanes must not overflow");
+  uint64_t sa = 0, sb = 0;
+  int64_t i = 0;
+  for (; i + 8 <= L; i += 8) {
+    uint64_t x, y;
+    std::memcpy(&x, a + i, 8);
+    std::memcpy(&y, b + i, 8);
+    sa += x;
+    sb += y;
+  }
+  const auto hsum = [](uint64_t v) {
+    constexpr uint64_t kLo = 0x00FF00FF00FF00FFull;
+    return int64_t((((v & kLo) + ((v >> 8) & kLo)) * 0x0001000100010001ull) >> 48);
+  };
+  int64_t ra = hsum(sa), rb = hsum(sb);
+  for (; i < L; ++i) ra += a[i], rb += b[i];
+  na = ra;
+  nb = rb;
 }
 
 template <typename IdT, MaskMode M, bool HasPrio>
@@ -382,14 +505,34 @@ struct Kernel {
                                       uint8_t* __restrict m8, uint8_t* __restrict c8) {
     const uint32_t thr0 = P.thr[0], thr1 = P.thr[1];
     const uint8_t en0 = P.en[0], en1 = P.en[1];
-    for (int64_t i = 0; i < n; ++i) {
+    const auto one = [&](int64_t i) {
       const uint8_t g = g8[i];
       const uint32_t thr = g ? thr1 : thr0;
       const uint8_t en = g ? en1 : en0;
       const uint8_t m = mk[i] & en & uint8_t(r[i] <= thr);
       m8[i] = m;
       c8[i] = mk[i] & (m ^ 1);
+    };
+    int64_t i = 0;
+#if defined(DLLM_MASKS_AVX512_INTRINSICS)
+    // 16 tokens per step in mask registers (a block of 32 takes two steps, with no loop prologue
+    // or epilogue): masked <=> maskable & en[g] & r <= thr[g], complement <=> maskable & !masked.
+    const __m512i t0v = _mm512_set1_epi32(int(thr0)), t1v = _mm512_set1_epi32(int(thr1));
+    const __m128i ones = _mm_set1_epi8(1);
+    for (; i + 16 <= n; i += 16) {
+      const __m128i gv = _mm_loadu_si128(reinterpret_cast<const __m128i*>(g8 + i));
+      const __m128i mv = _mm_loadu_si128(reinterpret_cast<const __m128i*>(mk + i));
+      const __mmask16 kg = _mm_test_epi8_mask(gv, gv);
+      const __mmask16 km = _mm_test_epi8_mask(mv, mv);
+      const __mmask16 ken = __mmask16((en1 ? kg : 0) | (en0 ? ~kg : 0));
+      const __m512i thr = _mm512_mask_blend_epi32(kg, t0v, t1v);
+      const __m512i rv = _mm512_loadu_si512(r + i);
+      const __mmask16 kmask = __mmask16(km & ken & _mm512_cmple_epu32_mask(rv, thr));
+      _mm_storeu_si128(reinterpret_cast<__m128i*>(m8 + i), _mm_maskz_mov_epi8(kmask, ones));
+      _mm_storeu_si128(reinterpret_cast<__m128i*>(c8 + i), _mm_maskz_mov_epi8(__mmask16(km & ~kmask), ones));
     }
+#endif
+    for (; i < n; ++i) one(i);
   }
 
   // Bernoulli: tokens [t0, t1) of segment s with parameters P.
@@ -433,14 +576,35 @@ struct Kernel {
       const int64_t n = c.seg_start[sb] - a;  // 0 <= n <= kChunk
       const uint32_t* r = n ? win.get(c, q, p, n, len, kStreamBernoulli) : nullptr;
       bits(q, a, p, n, mk, g8);
-      for (; s < sb; ++s) {
-        const int64_t o = c.seg_start[s] - a, L = c.seg_start[s + 1] - c.seg_start[s];
-        int64_t nm = 0, n1 = 0;
-        for (int64_t i = o; i < o + L; ++i) nm += mk[i], n1 += g8[i];
-        SegParams P;
-        params(P, solve_segment(s, nm, n1), s);
-        bernoulli_decide(P, L, r + o, mk + o, g8 + o, m8 + o, c8 + o);
-        loss_weight_bits(P, L, m8 + o, c8 + o, g8 + o, lw0 + o, lw1 + o);
+      // Up to kRunSegs segments at a time: counts, then their rates solved together, then decisions.
+      while (s < sb) {
+        const int m = int(std::min<int64_t>(kRunSegs, sb - s));
+        alignas(64) int64_t nm[kRunSegs] = {}, n1[kRunSegs] = {};
+        alignas(64) float sg[kRunSegs] = {};
+        alignas(64) double q0[kRunSegs], q1[kRunSegs];
+        alignas(64) uint32_t thr0[kRunSegs], thr1[kRunSegs];
+        alignas(64) uint8_t en0[kRunSegs], en1[kRunSegs];
+        for (int j = 0; j < m; ++j) {
+          const int64_t o = c.seg_start[s + j] - a, L = c.seg_start[s + j + 1] - c.seg_start[s + j];
+          count_bytes(mk + o, g8 + o, L, nm[j], n1[j]);  // L <= kChunk
+          sg[j] = sigma_of(c, s + j);
+        }
+        solve_rates_run(nm, n1, sg, c.w, q0, q1);
+        thresholds_run(q0, thr0, en0);
+        thresholds_run(q1, thr1, en1);
+        for (int j = 0; j < m; ++j, ++s) {
+          const int64_t o = c.seg_start[s] - a, L = c.seg_start[s + 1] - c.seg_start[s];
+          c.rates[2 * s] = q0[j];
+          c.rates[2 * s + 1] = q1[j];
+          SegParams P;
+          P.thr[0] = thr0[j];
+          P.thr[1] = thr1[j];
+          P.en[0] = en0[j];
+          P.en[1] = en1[j];
+          if (c.lw_mode) set_loss_weights(P, Rates{q0[j], q1[j]}, sg[j], c.lw_mode);
+          bernoulli_decide(P, L, r + o, mk + o, g8 + o, m8 + o, c8 + o);
+          loss_weight_bits(P, L, m8 + o, c8 + o, g8 + o, lw0 + o, lw1 + o);
+        }
       }
       if (n) emit(a, n, m8, c8, lw);
     }
@@ -577,28 +741,40 @@ struct Kernel {
 // Items: consecutive segments grouped to about `target` tokens (writes stay in order within an
 // item); a Bernoulli segment longer than that is split into chunks of `target` tokens so one
 // long sequence still spreads over every thread. Exact segments are never split.
-std::vector<Item> make_items(const Ctx& c, int64_t target, bool split_long) {
-  std::vector<Item> items;
-  items.reserve(size_t(std::min<int64_t>(c.S, c.T / target + c.S / 1024 + 16)));
+//
+//
+// The items go to `items` as far as it holds them; returns how many there are (a caller whose
+// array was too small resizes it and calls again). At most (4T + 16S) / target + 2: a push at
+// the threshold takes >= target of the T + 16S counted tokens, a split segment (longer than
+// target) gives at most 2 len / target chunks plus the push before it, and one push ends.
+int64_t make_items_bound(const Ctx& c, int64_t target) { return (4 * c.T + 16 * c.S) / target + 2; }
+
+template <typename Items>
+int64_t make_items(const Ctx& c, int64_t target, bool split_long, Items& items) {
+  int64_t count = 0;
+  const auto push_back = [&](const Item& it) {
+    if (size_t(count) < items.size()) items[size_t(count)] = it;
+    ++count;
+  };
   int64_t s0 = 0, tokens = 0;
   for (int64_t s = 0; s < c.S; ++s) {
     const int64_t a = c.seg_start[s], e = c.seg_start[s + 1];
     if (split_long && e - a > target) {
-      if (s > s0) items.push_back({s0, s, c.seg_start[s0], a, false});
-      for (int64_t t = a; t < e; t += target) items.push_back({s, s + 1, t, std::min(e, t + target), true});
+      if (s > s0) push_back({s0, s, c.seg_start[s0], a, false});
+      for (int64_t t = a; t < e; t += target) push_back({s, s + 1, t, std::min(e, t + target), true});
       s0 = s + 1;
       tokens = 0;
       continue;
     }
     tokens += e - a + 16;  // + a little per segment: empty segments still cost their rates
     if (tokens >= target) {
-      items.push_back({s0, s + 1, c.seg_start[s0], e, false});
+      push_back({s0, s + 1, c.seg_start[s0], e, false});
       s0 = s + 1;
       tokens = 0;
     }
   }
-  if (c.S > s0) items.push_back({s0, c.S, c.seg_start[s0], c.T, false});
-  return items;
+  if (c.S > s0) push_back({s0, c.S, c.seg_start[s0], c.T, false});
+  return count;
 }
 
 // Runs body(slot, i) for i in [0, nitems) on `nslots` threads that take items in order from a
@@ -606,6 +782,12 @@ std::vector<Item> make_items(const Ctx& c, int64_t target, bool split_long) {
 // names the thread's own scratch. at::parallel_for runs on torch's pool and thread count.
 template <typename F>
 void for_each_item(int64_t nslots, int64_t nitems, const F& body) {
+  if (nslots <= 1) {  // one thread: in the caller, without the parallel region's set-up
+    stream_begin();
+    for (int64_t i = 0; i < nitems; ++i) body(0, i);
+    stream_fence();
+    return;
+  }
   std::atomic<int64_t> next{0};
   at::parallel_for(0, nslots, 1, [&](int64_t b, int64_t e) {
     stream_begin();
@@ -626,15 +808,19 @@ void run_kernel(const Ctx& c) {
   const int64_t nthreads = std::min<int64_t>(std::max(1, at::get_num_threads()),
                                              std::max<int64_t>(1, c.T / kMinTokensPerThread));
   const int64_t target = std::min<int64_t>(65536, std::max<int64_t>(4096, c.T / (nthreads * 16)));
-  const std::vector<Item> items = make_items(c, target, !c.exact);
-  const int64_t nitems = int64_t(items.size());
+  SmallArray<Item, 8> items(size_t(make_items_bound(c, target)));
+  int64_t nitems = make_items(c, target, !c.exact, items);
+  if (size_t(nitems) > items.size()) {  // never, by the bound; kept so no write can pass the end
+    items.resize(size_t(nitems));
+    nitems = make_items(c, target, !c.exact, items);
+  }
   const int64_t nslots = std::min(nthreads, nitems);
 
   // Phase 1 (Bernoulli segments split across items): count each chunk, then solve per segment.
   std::vector<int64_t> split_counts;
-  std::vector<SegParams> split_params(static_cast<size_t>(nitems));
+  SmallArray<SegParams, 8> split_params(static_cast<size_t>(nitems));
   bool any_split = false;
-  for (const Item& it : items) any_split |= it.split;
+  for (int64_t i = 0; i < nitems; ++i) any_split |= items[i].split;
   if (any_split) {
     split_counts.assign(size_t(2 * nitems), 0);
     for_each_item(nslots, nitems, [&](int64_t, int64_t i) {
@@ -669,7 +855,7 @@ void run_kernel(const Ctx& c) {
   }
 
   // Phase 2: every item, fused per segment. Each thread keeps its draw window and scratch.
-  std::vector<DrawWindow> windows(static_cast<size_t>(nslots));
+  SmallArray<DrawWindow, 1> windows(static_cast<size_t>(nslots));
   for_each_item(nslots, nitems, [&](int64_t slot, int64_t i) {
     Scratch sc;
     if (c.exact) {

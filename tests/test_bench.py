@@ -2,6 +2,7 @@
 import sys
 from pathlib import Path
 
+import pytest
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
@@ -44,3 +45,15 @@ def test_bench_runs_small(tmp_path, capsys):
     assert {r["provider"] for r in rec["results"]} == {"ref", "dfactory", "copy"}
     assert all(r["median_ms"] > 0 for r in rec["results"])
     assert png.stat().st_size > 1000
+
+
+def test_cpp_call_cost_runs_small(capsys):
+    from dllm_masks import ops
+
+    if ops._cpp is None:
+        pytest.skip("C++ extension not built")
+    import cpp_call_cost
+
+    assert cpp_call_cost.main(["--sizes", "2048", "--calls", "20", "--repeats", "1"]) == 0
+    lines = [ln for ln in capsys.readouterr().out.splitlines() if "µs/call" in ln]
+    assert len(lines) == 2 and "per sequence" in lines[0] and "block of 32" in lines[1]

@@ -102,6 +102,26 @@ def test_non_contiguous_and_widened_inputs():
     _same_tuple(C.priority_mask(*args), priority_mask_ref(*args), "widened dtypes")
 
 
+def test_offsets_of_every_layout_and_count():
+    """cu_seqlens is read in place (int64, contiguous) or converted (int32, strided), into a table
+    held in place up to 512 offsets and on the heap beyond; segment tables likewise past 1024
+    entries. Every layout and size gives the reference's answer."""
+    g = torch.Generator().manual_seed(11)
+    for B in (3, 511, 512, 700):
+        lengths = torch.randint(0, 9, (B,), generator=g).tolist()
+        for block in (None, 2):
+            kw = packed_case(lengths, seed=B, complementary=True, weight=2.0, block_size=block)
+            args = list(op_args(kw))
+            want = priority_mask_ref(*args)
+            cu = args[1].long()
+            wide = torch.zeros(2 * cu.numel(), dtype=torch.long)
+            wide[::2] = cu
+            for what, offsets in [("int64", cu), ("int32", cu.int()), ("int64 strided", wide[::2]),
+                                  ("int32 strided", wide.int()[::2])]:
+                args[1] = offsets
+                _same_tuple(C.priority_mask(*args), want, f"B={B} K={block} {what}")
+
+
 def test_both_instruction_set_builds_agree(monkeypatch):
     """The kernel is built for the baseline ISA and for x86-64-v4 (AVX-512), chosen per CPU; the
     baseline is forced with DLLM_MASKS_CPU_ISA=baseline, so both run here where AVX-512 exists."""
