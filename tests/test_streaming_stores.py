@@ -60,11 +60,14 @@ def test_awkward_shapes_streamed(stream_all, lengths, why, opts):
     _assert_guards(backing, why)
 
 
+@pytest.mark.parametrize("isa", ["default", "baseline"])
 @pytest.mark.parametrize("threads", [1, 2, 3])
 @pytest.mark.parametrize("opts", OPTIONS + [dict(complementary=True, loss_weight="token", float_weights=True)], ids=str)
-def test_many_items_and_threads_streamed(stream_all, threads, opts):
+def test_many_items_and_threads_streamed(stream_all, monkeypatch, isa, threads, opts):
     """~140K tokens of uneven sequences: several work items per thread, items split inside long
-    sequences, lines shared between items of different threads."""
+    sequences, lines shared between items of different threads; both builds of the kernel."""
+    if isa == "baseline":
+        monkeypatch.setenv("DLLM_MASKS_CPU_ISA", "baseline")
     opts = dict(opts)
     float_weights = opts.pop("float_weights", False)
     lengths = torch.randint(1, 9000, (40,), generator=torch.Generator().manual_seed(threads)).tolist()
