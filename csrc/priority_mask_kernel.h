@@ -798,9 +798,11 @@ void for_each_item(int64_t nslots, int64_t nitems, const F& body) {
   });
 }
 
-// Tokens per thread at least: below that, waking a thread costs more than it saves (the grain
-// torch's elementwise kernels use).
-constexpr int64_t kMinTokensPerThread = 32768;
+// Tokens per thread at least: below that, waking a thread costs more than it saves. A token costs
+// several nanoseconds here (torch's elementwise grain, 32768, suits ops of a fraction of one):
+// with 8192, a 16K-token call on two threads took 2.1 ns/token against 3.6 on one
+// (docs/performance.md).
+constexpr int64_t kMinTokensPerThread = 8192;
 
 template <typename IdT, MaskMode M, bool HasPrio>
 void run_kernel(const Ctx& c) {
