@@ -125,19 +125,20 @@ def specializations(quick: bool) -> list:
     return specs
 
 
-def compile_all(specs: list, jobs: int) -> list:
-    """Compile ``specs`` in ``jobs`` subprocesses (TRITON_INTERPRET unset); results in order."""
+def compile_all(specs: list, jobs: int, worker: Optional[str] = None) -> list:
+    """Compile ``specs`` in ``jobs`` subprocesses (TRITON_INTERPRET unset) running ``worker``
+    (default: this module's); results in the order of ``specs``."""
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     parts = [specs[i::jobs] for i in range(jobs)]
-    procs = [subprocess.Popen([sys.executable, "-c", _WORKER, json.dumps(p)], cwd=ROOT, env=env,
+    procs = [subprocess.Popen([sys.executable, "-c", worker or _WORKER, json.dumps(p)], cwd=ROOT, env=env,
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for p in parts if p]
-    results = []
+    done = []
     for p in procs:
         out, err = p.communicate()
         if p.returncode != 0:
             raise RuntimeError(f"compiling failed:\n{err[-4000:]}")
-        results.extend(json.loads(out))
-    return results
+        done.append(json.loads(out))
+    return [done[i % jobs][i // jobs] for i in range(len(specs))]
 
 
 # ---------------------------------------------------------------------------------------------

@@ -109,21 +109,6 @@ def specializations(quick: bool) -> list:
     return out
 
 
-def compile_all(specs: list, jobs: int) -> list:
-    """Compile ``specs`` in ``jobs`` subprocesses (TRITON_INTERPRET unset); results in order."""
-    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    parts = [specs[i::jobs] for i in range(jobs)]
-    procs = [subprocess.Popen([sys.executable, "-c", _WORKER, json.dumps(p)], cwd=ROOT, env=env,
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for p in parts if p]
-    done = []
-    for p in procs:
-        out, err = p.communicate()
-        if p.returncode != 0:
-            raise RuntimeError(f"compiling failed:\n{err[-4000:]}")
-        done.append(json.loads(out))
-    return [done[i % jobs][i // jobs] for i in range(len(specs))]
-
-
 def _label(r: dict) -> str:
     off = [k for k, v in DEFAULTS.items() if r[k] != v]
     return (f"sm_{r['arch']} {'sequence' if r['block_size'] == 0 else 'K=' + str(r['block_size']):<8} "
@@ -177,7 +162,7 @@ def main(argv=None) -> int:
     except ImportError as e:
         print(f"no Triton with an NVIDIA backend here ({e}); nothing to compile")
         return 0
-    compiled = compile_all(specializations(args.quick), args.jobs)
+    compiled = gpu_static.compile_all(specializations(args.quick), args.jobs, worker=_WORKER)
     kernels = []
     print("float32 weights kernel compiled with Triton's ptxas (no GPU): resources per specialization")
     print(f"{'specialization':<62} {'warps':>5} {'regs':>5} {'spill st/ld':>11} {'smem':>6}")

@@ -62,6 +62,20 @@ def packed_case(lengths, seed=0, *, prompt=True, prio_rate=0.25, per_seg_sigma=T
     return {k: (v.to(device) if isinstance(v, torch.Tensor) else v) for k, v in args.items()}
 
 
+def backends_here() -> list:
+    """The backends a CPU test can compare: "ref", "cpp" where the extension is built, and
+    "triton" where it loads under ``TRITON_INTERPRET=1`` (set before import)."""
+    import os
+
+    from . import ops
+    found = ["ref"]
+    if ops._cpp is not None:
+        found.append("cpp")
+    if os.environ.get("TRITON_INTERPRET") == "1" and ops._load_triton() is not None:
+        found.append("triton")
+    return found
+
+
 def with_threads(n: int, fn):
     """``fn()`` with torch's intra-op thread count set to ``n`` (restored after)."""
     old = torch.get_num_threads()

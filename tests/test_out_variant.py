@@ -14,14 +14,10 @@ from hypothesis import HealthCheck, given, settings
 
 import dllm_masks as dm
 from dllm_masks import ops
-from dllm_masks.testing import AWKWARD, assert_same, packed_case, random_cases
+from dllm_masks.testing import AWKWARD, assert_same, backends_here, packed_case, random_cases
 
 INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
-BACKENDS = ["ref"]
-if ops._cpp is not None:
-    BACKENDS.append("cpp")
-if INTERPRET and ops._load_triton() is not None:
-    BACKENDS.append("triton")
+BACKENDS = backends_here()
 # The interpreter evaluates 1/q on scalars where q = 0 (weights of tokens that are never masked).
 pytestmark = pytest.mark.filterwarnings("ignore:divide by zero:RuntimeWarning")
 

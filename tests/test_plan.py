@@ -4,23 +4,15 @@ A run must equal ``priority_mask`` on the buffers' current contents bit for bit 
 on every backend, for the awkward shapes and hypothesis-drawn inputs; refill in place between
 runs; refuse arguments it would have to copy, a layout changed in place, and bad values at a run.
 """
-import os
-
 import pytest
 import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import dllm_masks as dm
-from dllm_masks import ops
-from dllm_masks.testing import AWKWARD, _padded_cases, assert_same, packed_case, random_cases
+from dllm_masks.testing import AWKWARD, _padded_cases, assert_same, backends_here, packed_case, random_cases
 
-INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
-BACKENDS = ["ref"]
-if ops._cpp is not None:
-    BACKENDS.append("cpp")
-if INTERPRET and ops._load_triton() is not None:
-    BACKENDS.append("triton")
+BACKENDS = backends_here()
 pytestmark = pytest.mark.filterwarnings("ignore:divide by zero:RuntimeWarning")
 
 OPTIONS = [
