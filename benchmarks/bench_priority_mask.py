@@ -289,13 +289,16 @@ def main(argv=None) -> int:
     ap.add_argument("--min-reps", type=int, default=7)
     ap.add_argument("--budget", type=float, default=3.0, help="seconds of timed repeats per case")
     ap.add_argument("--out", type=Path, default=C.RESULTS / "priority_mask.json")
-    ap.add_argument("--plot", type=Path, default=C.RESULTS / "priority_mask.png")
+    ap.add_argument("--plot", type=Path, default=None,
+                    help="default: the --out file's path with .png (benchmarks/results/priority_mask.png)")
     ap.add_argument("--no-save", action="store_true", help="print only; do not append to the JSON or plot")
     args = ap.parse_args(argv)
     record = run(args)
     print(table(record))
     if not args.no_save:
         C.append_results(args.out, record)
+        if args.plot is None:  # next to the records, never over the headline plot of another file
+            args.plot = args.out.with_suffix(".png")
         plot(record, args.plot)
         print(f"appended to {args.out}; plot: {args.plot}")
     return 0
