@@ -22,7 +22,8 @@ What a plan fixes, and what a run reads:
   ``priority``, ``maskable``, ``prompt_lens`` and ``sample_ids``, and the ``seed`` /
   ``seq_offset`` of the run (or of the plan, when the run gives none).
 * A run returns the same :class:`~dllm_masks.MaskedBatch` object every time, whose buffers the
-  next run overwrites (copy what must outlive the step).
+  next run overwrites (copy what must outlive the step). One run at a time: a plan is not
+  meant to be shared between threads.
 
 Every argument is used as given, never copied: a plan refuses an argument that
 :func:`~dllm_masks.priority_mask` would convert (int64 ``cu_seqlens``, a float64 ``sigma``,
