@@ -56,8 +56,9 @@ at::Tensor keyed_words(const at::Tensor& keys, const at::Tensor& counts, int64_t
   }
   at::Tensor out = at::empty({start[size_t(B)]}, kc.options());
   int64_t* o = out.data_ptr<int64_t>();
-  at::parallel_for(0, B, std::max<int64_t>(1, 4096 / std::max<int64_t>(1, start[size_t(B)] / std::max<int64_t>(1, B))),
-                   [&](int64_t lo, int64_t hi) {
+  // keys per task: about 4096 segments' worth, from the mean count per key
+  const int64_t per_key = std::max<int64_t>(1, start[size_t(B)] / std::max<int64_t>(1, B));
+  at::parallel_for(0, B, std::max<int64_t>(1, 4096 / per_key), [&](int64_t lo, int64_t hi) {
     for (int64_t b = lo; b < hi; ++b) {
       const uint64_t k = uint64_t(key[b]);
       int64_t* dst = o + start[size_t(b)];

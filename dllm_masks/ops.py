@@ -279,11 +279,14 @@ def _as_i64(name: str, x) -> Union[int, torch.Tensor]:
     return (x + (1 << 63)) % (1 << 64) - (1 << 63)  # uint64 bits as an int64
 
 
-def _flat(name: str, x, shape, device, dtypes) -> torch.Tensor:
+def _flat(name: str, x, shape, device, dtypes, to: Optional[torch.dtype] = None) -> torch.Tensor:
+    """``x`` checked (kind, dtype, device, shape) and flat, converted to ``to`` when given; no copy
+    when it already is."""
     validation.check_tensor(name, x, dtypes=dtypes, device=device)
     if x.shape != shape:
         validation.check_shape(name, x, shape)
-    return x if x.dim() == 1 else x.reshape(-1)
+    x = x if x.dim() == 1 else x.reshape(-1)
+    return x if to is None or x.dtype == to else x.to(to)
 
 
 # dtypes and ranges the checks below compare against (built once, not per call)
@@ -432,9 +435,7 @@ def normalize(
     if maskable is not None and prompt_lens is not None:
         raise ValueError("maskable: give either maskable or prompt_lens, not both")
     if maskable is not None:
-        maskable = _flat("maskable", maskable, tok_shape, dev, _MASKABLE_DTYPES)
-        if maskable.dtype != torch.bool:
-            maskable = maskable.to(torch.bool)
+        maskable = _flat("maskable", maskable, tok_shape, dev, _MASKABLE_DTYPES, to=torch.bool)
     if priority is not None:
         priority = _flat("priority", priority, tok_shape, dev, _PRIORITY_DTYPES)
         if priority.dtype == torch.float32:  # importance weights (docs/importance.md)
@@ -445,13 +446,9 @@ def normalize(
         elif priority.dtype not in (torch.uint8, torch.bool):  # every kernel reads bool and uint8 bytes as != 0
             priority = priority != 0
     if prompt_lens is not None:
-        prompt_lens = _flat("prompt_lens", prompt_lens, (B,), dev, validation.INT_DTYPES)
-        if prompt_lens.dtype != torch.int64:
-            prompt_lens = prompt_lens.to(torch.int64)
+        prompt_lens = _flat("prompt_lens", prompt_lens, (B,), dev, validation.INT_DTYPES, to=torch.int64)
     if sample_ids is not None:
-        sample_ids = _flat("sample_ids", sample_ids, (B,), dev, validation.INT_DTYPES)
-        if sample_ids.dtype != torch.int64:
-            sample_ids = sample_ids.to(torch.int64)
+        sample_ids = _flat("sample_ids", sample_ids, (B,), dev, validation.INT_DTYPES, to=torch.int64)
 
     w = validation.check_weight(weight)
     validation.check_choice("sampling", sampling, _SAMPLINGS)
@@ -474,8 +471,8 @@ def normalize(
         if prompt_lens is not None:
             validation.check_prompt_lens(prompt_lens, cu)
 
-    args = OpArgs(input_ids if not padded else input_ids.reshape(-1), cu, sig, priority, maskable, prompt_lens, sample_ids, rng, w, K, S,
-                  sampling == "exact", complementary, LOSS_WEIGHT_MODES[loss_weight], mask_token_id)
+    args = OpArgs(input_ids.reshape(-1) if padded else input_ids, cu, sig, priority, maskable, prompt_lens, sample_ids,
+                  rng, w, K, S, sampling == "exact", complementary, LOSS_WEIGHT_MODES[loss_weight], mask_token_id)
     return Normalized(args, padded, B, L)
 
 
@@ -542,7 +539,7 @@ def check_out(out, call: Normalized):
     a = call.args
     dev = a.input_ids.device
     shape, S = _output_shapes(call)
-    has_lw = a.loss_weight_mode != 0  # LOSS_WEIGHT_MODES[None]
+    has_lw = a.loss_weight_mode != LOSS_WEIGHT_MODES[None]
     if (out.loss_weight is not None) != has_lw:
         call_lw = next(k for k, v in LOSS_WEIGHT_MODES.items() if v == a.loss_weight_mode)
         want = f"a float32 tensor (loss_weight={call_lw!r})" if has_lw else "None (loss_weight=None)"
@@ -551,11 +548,11 @@ def check_out(out, call: Normalized):
         (out.noisy_ids, out.masked, out.labels, out.rates)
     dtypes = (a.input_ids.dtype, torch.bool, torch.int64, torch.float32, torch.float64) if has_lw else \
         (a.input_ids.dtype, torch.bool, torch.int64, torch.float64)
-    rates_shape = (S, 2)
     for x, dtype in zip(bufs, dtypes):
-        if not isinstance(x, torch.Tensor) or x.dtype != dtype or x.device != dev or \
-                x.shape != (rates_shape if dtype is torch.float64 else shape) or not x.is_contiguous():
-            _out_error(x, dtype, rates_shape if dtype is torch.float64 else shape, dev, has_lw, bufs)
+        want = (S, 2) if dtype is torch.float64 else shape  # rates, else a per-token output
+        if not isinstance(x, torch.Tensor) or x.dtype != dtype or x.device != dev or x.shape != want \
+                or not x.is_contiguous():
+            _out_error(x, dtype, want, dev, has_lw, bufs)
     if not torch.compiler.is_compiling():
         _check_no_overlap(bufs, a, has_lw)
     flat = bufs if len(shape) == 1 else tuple(x if x.dtype is torch.float64 else x.reshape(-1) for x in bufs)

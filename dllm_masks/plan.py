@@ -39,20 +39,18 @@ out of bounds.
 from __future__ import annotations
 
 import inspect
-import struct
 from typing import Optional, Union
 
 import torch
 
 from . import ops, validation
-from .ops import (OUT_NAMES, MaskedBatch, _as_i64, _cu_out, _rng_pair, _sigma_out, check_out, empty_masked_batch,
-                  kernel_for, normalize)
+from .ops import (_RNG_PAIR, OUT_NAMES, MaskedBatch, _as_i64, _cu_out, _rng_pair, _sigma_out, check_out,
+                  empty_masked_batch, kernel_for, normalize)
 
 __all__ = ["MaskPlan"]
 
 # arguments a plan must pass to the op as the caller's own tensors (OpArgs fields of the same names)
 _SHARED = ("input_ids", "cu_seqlens", "sigma", "priority", "maskable", "prompt_lens", "sample_ids")
-_PAIR = struct.Struct("=qq")
 _KEYWORDS = frozenset(p.name for p in inspect.signature(normalize).parameters.values()
                       if p.kind is inspect.Parameter.KEYWORD_ONLY and p.name != "validate")
 
@@ -115,16 +113,16 @@ class MaskPlan:
         self._validate = validation.check_bool("validate", validate)
         self._cu = kwargs.get("cu_seqlens")
         self._cu_version = self._cu._version if self._cu is not None else None
-        # the (seed, seq_offset) pair: an owned buffer refilled in place on the CPU
-        self._rng_bytes = None
-        if a.rng.device.type == "cpu" and not any(isinstance(kwargs.get(k), torch.Tensor) for k in ("seed", "seq_offset")):
-            self._rng_bytes = bytearray(_PAIR.pack(*a.rng.tolist()))
-            a = a._replace(rng=torch.frombuffer(self._rng_bytes, dtype=torch.int64))
+        # the (seed, seq_offset) pair: the caller's tensors, read at each run, or else an owned
+        # buffer refilled in place on the CPU
         self._rng_tensors = any(isinstance(kwargs.get(k), torch.Tensor) for k in ("seed", "seq_offset"))
+        self._rng_bytes = None
+        if a.rng.device.type == "cpu" and not self._rng_tensors:
+            self._rng_bytes = bytearray(_RNG_PAIR.pack(*a.rng.tolist()))
+            a = a._replace(rng=torch.frombuffer(self._rng_bytes, dtype=torch.int64))
         self._default_rng = (kwargs.get("seed", 0), kwargs.get("seq_offset", 0))
         self._rng_moved = False  # a run set another seed or offset than the plan's
-        self._args = tuple(a)
-        self._call = call._replace(args=a)
+        self._args = a  # the op's arguments (OpArgs), rng included
         self.out = MaskedBatch(out.noisy_ids, out.labels, out.masked, out.loss_weight, _cu_out(call), out.rates,
                                _sigma_out(a))
 
@@ -147,7 +145,7 @@ class MaskPlan:
                           self._default_rng[1] if seq_offset is None else seq_offset)
             self._rng_moved = seed is not None or seq_offset is not None
         if self._rng_tensors:  # the caller's seed / offset tensors, as they are now
-            self._args = self._args[:7] + (_rng_pair(*self._default_rng, self._args[7].device),) + self._args[8:]
+            self._args = self._args._replace(rng=_rng_pair(*self._default_rng, self._args.rng.device))
         if self._validate and not self._served_by_cpp:
             self._check_values()
         self._fn(*self._args, **self._bufs)
@@ -163,12 +161,12 @@ class MaskPlan:
         if isinstance(s, torch.Tensor) or isinstance(o, torch.Tensor):
             raise TypeError("seed: run() takes ints; give tensors to the plan instead")
         if self._rng_bytes is not None:
-            _PAIR.pack_into(self._rng_bytes, 0, s, o)
+            _RNG_PAIR.pack_into(self._rng_bytes, 0, s, o)
         else:
-            self._args[7].copy_(torch.tensor([s, o], dtype=torch.int64))
+            self._args.rng.copy_(torch.tensor([s, o], dtype=torch.int64))
 
     def _check_values(self) -> None:
-        a = self._call.args
+        a = self._args
         if not validation.host_readable(a.input_ids):
             return
         if self._cu is not None:

@@ -42,6 +42,16 @@ AWKWARD = [
 ]
 
 
+# Keyword sets that change the op's output layout and modes, for tests that run every backend.
+OPTION_SETS = [
+    dict(),
+    dict(complementary=True, loss_weight="sigma", weight=2.0),
+    dict(block_size=32, complementary=True, loss_weight="token", weight=3.0),
+    dict(block_size=3, sampling="exact", weight=0.5),
+    dict(sampling="exact", complementary=True, loss_weight="sigma", weight=float("inf")),
+]
+
+
 def packed_case(lengths, seed=0, *, prompt=True, prio_rate=0.25, per_seg_sigma=True, block_size=None, dtype=torch.int64,
                 device="cpu", **kw):
     """Keyword arguments of ``dm.priority_mask`` for a packed batch of the given lengths."""
@@ -74,6 +84,19 @@ def backends_here() -> list:
     if os.environ.get("TRITON_INTERPRET") == "1" and ops._load_triton() is not None:
         found.append("triton")
     return found
+
+
+def skip_without_nvidia_triton() -> None:
+    """Skip the calling test module unless Triton imports with its NVIDIA backend: what compiling
+    the kernels for sm_80 / sm_90 without a GPU needs (``benchmarks/gpu_static*.py``)."""
+    import pytest
+
+    pytest.importorskip("triton")
+    try:
+        from triton.backends.compiler import GPUTarget  # noqa: F401
+        from triton.backends.nvidia.compiler import CUDABackend  # noqa: F401
+    except ImportError:  # pragma: no cover
+        pytest.skip("this Triton build has no NVIDIA backend", allow_module_level=True)
 
 
 def with_threads(n: int, fn):

@@ -7,12 +7,9 @@ from pathlib import Path
 
 import pytest
 
-pytest.importorskip("triton")
-try:
-    from triton.backends.compiler import GPUTarget  # noqa: F401
-    from triton.backends.nvidia.compiler import CUDABackend  # noqa: F401
-except ImportError:  # pragma: no cover
-    pytest.skip("this Triton build has no NVIDIA backend", allow_module_level=True)
+from dllm_masks.testing import skip_without_nvidia_triton
+
+skip_without_nvidia_triton()
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
 import gpu_static  # noqa: E402

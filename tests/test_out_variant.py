@@ -14,20 +14,12 @@ from hypothesis import HealthCheck, given, settings
 
 import dllm_masks as dm
 from dllm_masks import ops
-from dllm_masks.testing import AWKWARD, assert_same, backends_here, packed_case, random_cases
+from dllm_masks.testing import AWKWARD, OPTION_SETS, assert_same, backends_here, packed_case, random_cases
 
 INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
 BACKENDS = backends_here()
 # The interpreter evaluates 1/q on scalars where q = 0 (weights of tokens that are never masked).
 pytestmark = pytest.mark.filterwarnings("ignore:divide by zero:RuntimeWarning")
-
-OPTIONS = [
-    dict(),
-    dict(complementary=True, loss_weight="sigma", weight=2.0),
-    dict(block_size=32, complementary=True, loss_weight="token", weight=3.0),
-    dict(block_size=3, sampling="exact", weight=0.5),
-    dict(sampling="exact", complementary=True, loss_weight="sigma", weight=float("inf")),
-]
 
 
 def _shape_kw(kw):
@@ -48,7 +40,7 @@ def _check_out(kw, backend, out=None):
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
-@pytest.mark.parametrize("opt", OPTIONS, ids=lambda o: "-".join(f"{k}={v}" for k, v in o.items()) or "default")
+@pytest.mark.parametrize("opt", OPTION_SETS, ids=lambda o: "-".join(f"{k}={v}" for k, v in o.items()) or "default")
 def test_awkward_shapes(backend, opt):
     for lengths, why in AWKWARD:
         if backend == "triton" and sum(lengths) > 1000:

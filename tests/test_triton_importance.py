@@ -110,13 +110,16 @@ def test_random_cases(kw, kind, seed, maskable):
 @settings(max_examples=20, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(kw=random_cases(max_len=70, max_seqs=3), kind=st.sampled_from(IMPORTANCE_KINDS), seed=st.integers(0, 2**16))
 def test_random_cases_tiny_tiles(kw, kind, seed):
+    _check_with_settings(kw, kind, seed, tw.WeightsLaunchSettings(8, 4, 1))
+
+
+def _check_with_settings(kw, kind, seed, launch):
+    """The kernel with ``launch`` settings against the reference, on ``kind`` weights."""
     T = kw["input_ids"].numel()
     kw = dict(kw, priority=importance_weights(T, torch.Generator().manual_seed(seed), kind), weight=1.0)
     ref = dm.priority_mask(**kw, backend="ref")
     call = ops.normalize(**to_device(kw, DEVICE))
-    got = ops.wrap(tw.priority_mask_weights_triton(*tuple(call.args), settings=tw.WeightsLaunchSettings(8, 4, 1)),
-                   call)
-    assert_same(ref, got, kind)
+    assert_same(ref, ops.wrap(tw.priority_mask_weights_triton(*tuple(call.args), settings=launch), call), kind)
 
 
 # Steps smaller than the tile: the histogram passes build their one-hot matrices 128 bins at a
@@ -125,14 +128,9 @@ def test_random_cases_tiny_tiles(kw, kind, seed):
 @settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(kw=random_cases(max_len=70, max_seqs=3), kind=st.sampled_from(IMPORTANCE_KINDS), seed=st.integers(0, 2**16))
 def test_random_cases_half_bins_and_short_select_steps(kw, kind, seed):
-    T = kw["input_ids"].numel()
-    kw = dict(kw, priority=importance_weights(T, torch.Generator().manual_seed(seed), kind), weight=1.0)
-    ref = dm.priority_mask(**kw, backend="ref")
-    call = ops.normalize(**to_device(kw, DEVICE))
     st_ = tw.WeightsLaunchSettings(256, 4, 1, 128)
     assert (st_.tile // 4, st_.select_groups, st_.hist_bins) == (64, 16, 128)
-    got = ops.wrap(tw.priority_mask_weights_triton(*tuple(call.args), settings=st_), call)
-    assert_same(ref, got, kind)
+    _check_with_settings(kw, kind, seed, st_)
 
 
 @settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.too_slow])
